@@ -1,0 +1,184 @@
+"""Cross-attention capture: the UNet's attention maps of every text token, independent of the attention backend.
+
+A1111 replaces `CrossAttention.forward` with its optimised kernels (Doggettx, xformers, SDP, ...), which never
+materialise the probabilities. We therefore hook the `to_q` / `to_k` projections (so LoRA and hypernetwork effects
+on them are seen) and recompute softmax(q k^T * scale) ourselves, in fp32, once the attention module has run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_LEVEL = 4  # the paper's 16x16 maps at 512^2: latent / 4
+
+
+@dataclass
+class AttentionLayer:
+    name: str
+    module: nn.Module
+    ds: int | None  # downsampling factor of the feature map it sees (None: unknown structure)
+
+
+class StopForward(Exception):
+    """Raised from a hook to end the UNet forward once the last needed map exists (the rest is not needed)."""
+
+
+def _is_cross_attention(name: str, module: nn.Module) -> bool:
+    return name.endswith("attn2") and all(hasattr(module, a) for a in ("to_q", "to_k", "heads"))
+
+
+def cross_attention_layers(unet: nn.Module) -> list[AttentionLayer]:
+    """All cross-attention modules in execution order with the downsampling level they run at.
+
+    For ldm/sgm `UNetModel` the level is read off the structure: it doubles after each input block holding a
+    Downsample and halves after each output block holding an Upsample. Other UNets get ds=None and are matched by
+    the query length at run time.
+    """
+    if not all(hasattr(unet, a) for a in ("input_blocks", "middle_block", "output_blocks")):
+        return [AttentionLayer(n, m, None) for n, m in unet.named_modules() if _is_cross_attention(n, m)]
+
+    def layers_in(prefix: str, block: nn.Module, ds: int) -> list[AttentionLayer]:
+        return [AttentionLayer(f"{prefix}.{n}", m, ds) for n, m in block.named_modules() if _is_cross_attention(n, m)]
+
+    def has(block: nn.Module, kind: str) -> bool:
+        return any(type(m).__name__ == kind for m in block.modules())
+
+    out: list[AttentionLayer] = []
+    ds = 1
+    for i, block in enumerate(unet.input_blocks):
+        out += layers_in(f"input_blocks.{i}", block, ds)
+        if has(block, "Downsample"):
+            ds *= 2
+    out += layers_in("middle_block", unet.middle_block, ds)
+    for i, block in enumerate(unet.output_blocks):
+        out += layers_in(f"output_blocks.{i}", block, ds)
+        if has(block, "Upsample"):
+            ds //= 2
+    return out
+
+
+def level_size(height: int, width: int, ds: int) -> tuple[int, int]:
+    """Feature-map size at downsampling `ds` for a latent of height x width (each stride-2 conv rounds up)."""
+    for _ in range(int(math.log2(ds))):
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return height, width
+
+
+def attention_probs(q: Tensor, k: Tensor, heads: int, scale: float) -> Tensor:
+    """Head-averaged softmax(q k^T * scale) in fp32: q [B, n, heads*d], k [B, m, heads*d] -> [B, n, m]."""
+    b, n, inner = q.shape
+    d = inner // heads
+    qh = q.float().reshape(b, n, heads, d).transpose(1, 2)
+    kh = k.float().reshape(k.shape[0], k.shape[1], heads, d).transpose(1, 2)
+    sim = torch.matmul(qh, kh.transpose(-1, -2)) * scale
+    return sim.softmax(dim=-1).mean(dim=1)
+
+
+class CrossAttentionCapture:
+    """Inside `with`, records head- and layer-averaged cross-attention probabilities at one level.
+
+    latent_hw: the latent's (height, width); level: the downsampling factor (4 = the paper's 16x16 at 512^2).
+    rows: which batch rows to keep (e.g. the conditional rows of a CFG batch); None keeps all.
+    stop_early: after the last layer of the level has run, raise StopForward so the rest of the UNet (the
+    decoder's high-resolution levels, most of the FLOPs) is skipped; use `run()` to call the UNet.
+    Hooks exist only inside the `with` block and are removed on every exit path.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        latent_hw: tuple[int, int],
+        level: int = DEFAULT_LEVEL,
+        rows: slice | Tensor | None = None,
+        stop_early: bool = False,
+    ) -> None:
+        self.size = level_size(latent_hw[0], latent_hw[1], level)
+        all_layers = cross_attention_layers(unet)
+        self.layers = [a for a in all_layers if a.ds in (level, None)]
+        if not self.layers:
+            raise ValueError(f"no cross-attention layers at level {level} in {type(unet).__name__}")
+        structural = all(a.ds is not None for a in self.layers)
+        self.stop_after = self.layers[-1].module if (stop_early and structural) else None
+        self.rows = rows
+        self._handles: list[Any] = []
+        self._q: dict[nn.Module, Tensor] = {}
+        self._k: dict[nn.Module, Tensor] = {}
+        self._sum: Tensor | None = None
+        self._count = 0
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+    def __enter__(self) -> CrossAttentionCapture:
+        try:
+            for layer in self.layers:
+                attn = layer.module
+                self._handles.append(attn.to_q.register_forward_hook(self._keep(self._q, attn)))
+                self._handles.append(attn.to_k.register_forward_hook(self._keep(self._k, attn)))
+                self._handles.append(attn.register_forward_hook(self._on_attention))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._q.clear()
+        self._k.clear()
+
+    def _keep(self, store: dict, attn: nn.Module) -> Callable:
+        def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
+            store[attn] = output
+
+        return hook
+
+    def _on_attention(self, attn: nn.Module, _inputs: Any, _output: Any) -> None:
+        q, k = self._q.pop(attn, None), self._k.pop(attn, None)
+        if q is None or k is None:
+            return
+        if self.rows is not None:
+            q, k = q[self.rows], k[self.rows]
+        h, w = self.size
+        if q.shape[1] != h * w:  # a layer of another level (only possible for unknown structures)
+            return
+        probs = attention_probs(q, k, attn.heads, float(attn.scale))
+        self._sum = probs if self._sum is None else self._sum + probs
+        self._count += 1
+        if attn is self.stop_after:
+            raise StopForward
+
+    # -- results ----------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self._sum, self._count = None, 0
+        self._q.clear()
+        self._k.clear()
+
+    def run(self, forward: Callable[[], Any]) -> Tensor:
+        """Reset, call `forward()` (a UNet call), and return the maps it produced."""
+        self.reset()
+        try:
+            forward()
+        except StopForward:
+            pass
+        return self.maps
+
+    @property
+    def layer_count(self) -> int:
+        return self._count
+
+    @property
+    def maps(self) -> Tensor:
+        """[B, h, w, context] averaged over the captured layers (differentiable when the forward was)."""
+        if self._sum is None:
+            raise RuntimeError("no cross-attention was captured: did the UNet run inside the `with` block?")
+        b, _, m = self._sum.shape
+        return (self._sum / self._count).reshape(b, self.size[0], self.size[1], m)

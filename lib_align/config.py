@@ -1,0 +1,247 @@
+"""Every T-SAM setting in one dataclass.
+
+`AlignConfig`'s field metadata is the single table the UI labels, slider ranges, infotext keys, API argument
+order and X/Y/Z axes are derived from: add a setting here and it appears everywhere; there is no second list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PAPER = "Paper"
+OFFICIAL = "Official code"
+PRESETS = (PAPER, OFFICIAL)
+LOSS_FORMS = ("paper", "official")
+
+
+def _setting(default: Any, label: str, key: str, help: str, **spec: Any) -> Any:
+    """A dataclass field whose metadata describes how a user sees and sets it."""
+    return field(default=default, metadata={"label": label, "key": key, "help": help, **spec})
+
+
+@dataclass
+class AlignConfig:
+    """T-SAM settings. The defaults are the paper's published method (`AlignConfig.paper()`)."""
+
+    preset: str = _setting(
+        PAPER, "Preset", "T-SAM preset",
+        "Paper: the published equations (L1 loss, constant step, first half of the steps). Official code: the "
+        "authors' released defaults (cosine loss, decaying step, iterative refinement; about 3x slower).",
+        choices=PRESETS)
+    loss_form: str = _setting(
+        "paper", "Loss", "T-SAM loss",
+        "paper: L1 between T and the row-normalised similarity matrix S (diagonal included). official: cosine "
+        "distance between the rows of T and of the cosine matrix (strict lower triangle).",
+        choices=LOSS_FORMS)
+    power: float = _setting(
+        4.0, "Power on T", "T-SAM power",
+        "Sharpens the text self-attention target before row-normalising (paper 4, official code 3).",
+        minimum=1.0, maximum=8.0, step=0.5)
+    step_size: float = _setting(
+        10.0, "Strength (step size)", "T-SAM strength",
+        "How far each gradient step moves the latent. Higher follows the prompt's structure harder but can "
+        "degrade the image (paper 10; 40 for long free-form prompts; official code 5).",
+        minimum=0.0, maximum=100.0, step=0.5)
+    step_decay: float = _setting(
+        1.0, "Strength at the last optimised step", "T-SAM decay",
+        "Step size at step i is strength * sqrt(linspace(1, this, N)[i]). 1 keeps it constant (paper); the "
+        "official code decays to 0.5.",
+        minimum=0.0, maximum=1.0, step=0.05)
+    steps_fraction: float = _setting(
+        0.5, "Optimised steps (fraction of sampling steps)", "T-SAM steps",
+        "T-SAM adjusts the latent at the first fraction of the sampling steps, where layout is decided "
+        "(paper 0.5, official code 0.6).",
+        minimum=0.0, maximum=1.0, step=0.05)
+    refine: bool = _setting(
+        False, "Iterative refinement", "T-SAM refine",
+        "At a few early steps repeat the update until the loss drops below the threshold (official code).")
+    refine_at: tuple[float, ...] = _setting(
+        (0.0, 0.2, 0.4), "Refinement at (fractions of the steps)", "T-SAM refine at",
+        "Where refinement runs, as fractions of the sampling steps (official code: steps 0, 10, 20 of 50).",
+        kind="floats")
+    refine_iters: int = _setting(
+        30, "Refinement iteration cap", "T-SAM refine iters",
+        "The most update iterations one refinement may take.", minimum=1, maximum=100, step=1)
+    refine_threshold: float = _setting(
+        0.14, "Refinement threshold (per token)", "T-SAM refine threshold",
+        "Refinement stops once the loss is at most this times (prompt tokens - 1).",
+        minimum=0.0, maximum=1.0, step=0.01)
+    smooth: bool = _setting(
+        True, "Smooth attention maps", "T-SAM smooth",
+        "Gaussian-smooth each token's cross-attention map (3x3, sigma 0.5) before comparing maps.")
+
+    # --- presets -------------------------------------------------------------------------------------------
+    @classmethod
+    def paper(cls, **overrides: Any) -> AlignConfig:
+        """The published equations: L1 loss, gamma 4, constant alpha 10, first half of the steps, no refinement."""
+        return cls(**overrides)
+
+    @classmethod
+    def official(cls, **overrides: Any) -> AlignConfig:
+        """The official code's defaults: row cosine loss, k 3, alpha 5*sqrt(linspace(1, .5)), 30/50 steps, refine."""
+        base = dict(preset=OFFICIAL, loss_form="official", power=3.0, step_size=5.0, step_decay=0.5,
+                    steps_fraction=0.6, refine=True)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> AlignConfig:
+        if name == OFFICIAL:
+            return cls.official(**overrides)
+        if name == PAPER:
+            return cls.paper(**overrides)
+        raise ValueError(f"T-SAM: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # --- checking ------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Coerce types (API callers send strings and ints) and raise ValueError with a readable message."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+            spec = f.metadata
+            value = getattr(self, f.name)
+            if "choices" in spec and value not in spec["choices"]:
+                raise ValueError(f"T-SAM: {spec['label']} must be one of {', '.join(spec['choices'])}, not {value!r}")
+            if "minimum" in spec and not (spec["minimum"] <= value <= spec["maximum"]):
+                raise ValueError(
+                    f"T-SAM: {spec['label']} must be between {spec['minimum']} and {spec['maximum']}, not {value}")
+        if any(not 0.0 <= r <= 1.0 for r in self.refine_at):
+            raise ValueError(f"T-SAM: refinement positions are fractions in [0, 1], got {self.refine_at}")
+
+    # --- schedules -----------------------------------------------------------------------------------------
+    def optimised_steps(self, total_steps: int) -> int:
+        """How many of the first sampling steps get a gradient update (25 of 50 for the paper)."""
+        return min(total_steps, int(round(self.steps_fraction * total_steps)))
+
+    def step_size_at(self, step: int, total_steps: int) -> float:
+        """alpha_i = strength * sqrt(linspace(1, decay, N)[i]) — the official code's schedule; decay 1 is constant."""
+        if total_steps <= 1:
+            return self.step_size
+        frac = 1.0 + (self.step_decay - 1.0) * step / (total_steps - 1)
+        return self.step_size * math.sqrt(frac)
+
+    def refinement_steps(self, total_steps: int) -> set[int]:
+        """Sampling steps at which refinement runs: {0, 10, 20} of 50, scaled to other step counts."""
+        if not self.refine:
+            return set()
+        last = self.optimised_steps(total_steps)
+        return {s for s in (int(round(r * total_steps)) for r in self.refine_at) if s < last}
+
+    # --- conversions (UI, API, infotext) --------------------------------------------------------------------
+    @classmethod
+    def settings(cls) -> tuple[dataclasses.Field, ...]:
+        """The table: one dataclass field per setting, in UI / API order."""
+        return dataclasses.fields(cls)
+
+    def to_args(self) -> list[Any]:
+        """Positional values in `settings()` order, as `ui()` returns components and the API sends args."""
+        return [_to_plain(getattr(self, f.name)) for f in self.settings()]
+
+    @classmethod
+    def from_args(cls, args: Sequence[Any] | Mapping[str, Any]) -> AlignConfig:
+        """Positional values (missing trailing ones keep the preset's defaults) or a dict of named settings.
+
+        A dict may use field names or labels/infotext keys; unknown names are an error, not silently dropped.
+        """
+        if isinstance(args, Mapping):
+            named = _resolve_names(args)
+        else:
+            fields_ = cls.settings()
+            if len(args) > len(fields_):
+                raise ValueError(f"T-SAM: expected at most {len(fields_)} settings, got {len(args)}")
+            named = {f.name: v for f, v in zip(fields_, args, strict=False) if v is not None}
+        preset = named.pop("preset", PAPER)
+        return cls.from_preset(str(preset), **named)
+
+    def infotext(self) -> dict[str, Any]:
+        """Infotext entries for `p.extra_generation_params` (keys use only letters, digits, space, '-')."""
+        return {f.metadata["key"]: _format(getattr(self, f.name)) for f in self.settings()}
+
+    @classmethod
+    def infotext_keys(cls) -> list[str]:
+        return [f.metadata["key"] for f in cls.settings()]
+
+    @classmethod
+    def from_infotext(cls, params: Mapping[str, Any]) -> AlignConfig:
+        """Inverse of `infotext()`; keys that are absent keep the preset's defaults."""
+        named = {f.name: params[f.metadata["key"]] for f in cls.settings() if f.metadata["key"] in params}
+        preset = named.pop("preset", PAPER)
+        return cls.from_preset(str(preset), **named)
+
+
+def _resolve_names(args: Mapping[str, Any]) -> dict[str, Any]:
+    by_alias: dict[str, str] = {}
+    for f in AlignConfig.settings():
+        for alias in (f.name, f.metadata["key"], f.metadata["label"]):
+            by_alias[alias.lower()] = f.name
+    out: dict[str, Any] = {}
+    for name, value in args.items():
+        if name.lower() in ("enabled", "enable"):
+            continue
+        if name.lower() not in by_alias:
+            known = ", ".join(f.name for f in AlignConfig.settings())
+            raise ValueError(f"T-SAM: unknown setting {name!r}; known settings: {known}")
+        out[by_alias[name.lower()]] = value
+    return out
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    kind = f.metadata.get("kind")
+    default = f.default
+    try:
+        if kind == "floats":
+            return parse_floats(value)
+        if isinstance(default, bool):
+            return parse_bool(value)
+        if isinstance(default, int):
+            number = float(value)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if isinstance(default, float):
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"T-SAM: {f.metadata['label']} got an unreadable value {value!r}") from None
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off", ""):
+            return False
+        raise ValueError(value)
+    return bool(value)
+
+
+def parse_floats(value: Any) -> tuple[float, ...]:
+    """'0 0.2 0.4', '0, 0.2, 0.4' or [0, 0.2, 0.4] -> (0.0, 0.2, 0.4)."""
+    if isinstance(value, str):
+        parts: Iterable[Any] = value.replace(";", " ").replace(",", " ").split()
+    else:
+        parts = value
+    return tuple(float(v) for v in parts)
+
+
+def _format(value: Any) -> Any:
+    if isinstance(value, tuple):
+        # Space-separated: a comma would need quoting in A1111's comma-separated infotext.
+        return " ".join(f"{v:g}" for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value
+
+
+def _to_plain(value: Any) -> Any:
+    return _format(value) if isinstance(value, tuple) else value

@@ -1,0 +1,108 @@
+"""One generation's T-SAM state: the targets T per image, the capture, the schedule, and the update itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .capture import DEFAULT_LEVEL, CrossAttentionCapture
+from .config import AlignConfig
+from .loss import loss_threshold, prompt_loss
+from .optimizer import IterationCallback, LatentOptimizer, StepReport
+from .text import ChunkTarget
+
+# apply_model(z, t, cond_rows) runs the (differentiable) UNet on the conditional rows; its output is not used.
+ApplyModel = Callable[[Tensor, Tensor, Any], Any]
+
+
+class AlignSession:
+    """Steers one sampling run. `targets[b]` holds the chunk targets of image b's prompt.
+
+    The update is taken in the eps-model's input space z_t (diffusers' latents, the paper's space). For
+    k-diffusion samplers, whose x = z / c_in, use `update_sigma_space`.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        apply_model: ApplyModel,
+        targets: list[list[ChunkTarget]],
+        config: AlignConfig,
+        total_steps: int,
+        latent_hw: tuple[int, int],
+        level: int = DEFAULT_LEVEL,
+        stop_early: bool = True,
+    ) -> None:
+        self.unet = unet
+        self.apply_model = apply_model
+        self.targets = targets
+        self.config = config
+        self.optimizer = LatentOptimizer(config, total_steps)
+        self.latent_hw = latent_hw
+        self.level = level
+        self.stop_early = stop_early
+        self.history: list[StepReport] = []
+        self.first_maps: Tensor | None = None  # [B, h, w, ctx] at the first optimised step, before its update
+        self.last_maps: Tensor | None = None  # [B, h, w, ctx] of the latest loss evaluation
+        self.thresholds = torch.tensor([loss_threshold(t, config.refine_threshold) for t in targets])
+
+    @property
+    def has_work(self) -> bool:
+        """False when no image's prompt has two tokens to align: then no UNet call is made at all."""
+        return any(chunk.length >= 2 for image in self.targets for chunk in image)
+
+    def is_active(self, step: int) -> bool:
+        return self.has_work and self.optimizer.is_active(step)
+
+    def losses(self, maps: Tensor) -> Tensor:
+        """Per-image losses [B] from captured maps [B, h, w, ctx]."""
+        return torch.stack([prompt_loss(maps[b], self.targets[b], self.config.loss_form, self.config.smooth)
+                            for b in range(maps.shape[0])])
+
+    def update(
+        self,
+        z: Tensor,
+        t: Tensor,
+        cond: Any,
+        step: int,
+        on_iteration: IterationCallback | None = None,
+        measure_after: bool = False,
+    ) -> tuple[Tensor, StepReport | None]:
+        """Optimise z (conditional rows, [B, C, h, w]) at UNet timestep t; returns the new z and what was done."""
+        if not self.is_active(step):
+            return z, None
+        with CrossAttentionCapture(self.unet, self.latent_hw, self.level, stop_early=self.stop_early) as capture:
+
+            def loss_fn(z_: Tensor) -> Tensor:
+                maps = capture.run(lambda: self.apply_model(z_, t, cond))
+                self.last_maps = maps.detach()
+                if self.first_maps is None:
+                    self.first_maps = self.last_maps
+                return self.losses(maps)
+
+            z_new, report = self.optimizer.step(z, step, loss_fn, self.thresholds, on_iteration, measure_after)
+        self.history.append(report)
+        return z_new, report
+
+    def update_sigma_space(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        cond: Any,
+        step: int,
+        sigma_to_t: Callable[[Tensor], Tensor],
+        **kwargs: Any,
+    ) -> tuple[Tensor, StepReport | None]:
+        """The same update for a k-diffusion sampler's x = x0 + sigma*eps: the UNet sees z = x * c_in.
+
+        Stepping z and mapping back (x = z / c_in) is the paper's update exactly; a step on x itself would need
+        alpha scaled by (1 + sigma^2).
+        """
+        if not self.is_active(step):
+            return x, None
+        c_in = (1.0 / (sigma.float() ** 2 + 1.0).sqrt()).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        z_new, report = self.update(x * c_in, sigma_to_t(sigma), cond, step, **kwargs)
+        return z_new / c_in, report
