@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         render_matrix(s_after, words, "S after optimisation").save(out / "S_after.png")
         if args.show_attention:
             render_matrices([(chunk.target, words, "T"), (s_before, words, "S before"),
-                             (s_after, words, "S after")]).save(out / "T_S.png")
+                             (s_after, words, "S after")], shared_scale=True).save(out / "T_S.png")
             maps = session.last_maps[0][..., chunk.offset + 1 : chunk.offset + 1 + chunk.length]
             render_token_maps(maps.permute(2, 0, 1), words, result.image).save(out / "token_maps.png")
     else:
