@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .bpe import bytes_to_unicode
+
 SCALE_FACTOR = 0.18215  # SD 1.x latent scaling
 
 
@@ -73,19 +75,6 @@ def _package_dir(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table (the base of the BPE vocabulary)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
 @lru_cache(maxsize=1)
 def clip_tokenizer():
     """The real CLIP ViT-L/14 tokenizer (transformers CLIPTokenizer), built offline from open-clip's BPE file."""
@@ -95,7 +84,7 @@ def clip_tokenizer():
 
     bpe = _package_dir("open_clip") / "bpe_simple_vocab_16e6.txt.gz"
     merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    base = list(_bytes_to_unicode().values())
+    base = list(bytes_to_unicode().values())
     vocab = base + [v + "</w>" for v in base] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     folder = Path(tempfile.mkdtemp(prefix="tsam-tokenizer-"))

@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .bpe import bytes_to_unicode
 
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (24, 24, 24)
@@ -47,18 +49,9 @@ _RESAMPLING = getattr(Image, "Resampling", Image)  # Image.Resampling appeared i
 # ----------------------------------------------------------------------------------------------------- tokens
 
 
-@lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
-    """Inverse of CLIP's (GPT-2's) bytes_to_unicode: BPE tokens spell non-ASCII bytes as printable stand-ins."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+    """Inverse of CLIP's bytes_to_unicode: BPE tokens spell non-ASCII bytes as printable stand-ins."""
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 def _decode_bpe(word: str) -> str:
