@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    from .pictures import session_pictures, words
     from .pipeline import generate
-    from .visualize import clean_token, render_matrices, render_matrix, render_token_maps
+    from .visualize import render_matrix
 
     sd, random_weights = load_model(args)
     if random_weights:
@@ -100,21 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     result.image.save(out / "image.png")
 
-    chunk = result.targets[0]
-    words = [clean_token(t) for t in chunk.tokens]
-    render_matrix(chunk.target, words, f"T (text self-attention, power {config.power:g})").save(out / "T.png")
+    pictures = session_pictures(result.session, 0, result.targets, result.image, config.power)
+    pictures.target.save(out / "T.png")
     session = result.session
-    s_before = s_after = None
-    if session is not None and session.first_maps is not None and chunk.length >= 1:
-        s_before = similarity_matrix(session.first_maps[0], chunk.length, chunk.offset, config.smooth)
-        s_after = similarity_matrix(session.last_maps[0], chunk.length, chunk.offset, config.smooth)
-        render_matrix(s_before, words, "S before optimisation").save(out / "S_before.png")
-        render_matrix(s_after, words, "S after optimisation").save(out / "S_after.png")
+    if session is not None and session.first_maps is not None:
+        chunk = result.targets[0]
+        for maps, name, title in ((session.first_maps, "S_before", "S before optimisation"),
+                                  (session.last_maps, "S_after", "S after optimisation")):
+            s_matrix = similarity_matrix(maps[0], chunk.length, chunk.offset, config.smooth)
+            render_matrix(s_matrix, words(chunk), title).save(out / f"{name}.png")
         if args.show_attention:
-            render_matrices([(chunk.target, words, "T"), (s_before, words, "S before"),
-                             (s_after, words, "S after")], shared_scale=True).save(out / "T_S.png")
-            maps = session.last_maps[0][..., chunk.offset + 1 : chunk.offset + 1 + chunk.length]
-            render_token_maps(maps.permute(2, 0, 1), words, result.image).save(out / "token_maps.png")
+            pictures.similarity.save(out / "S_before_after.png")
+            pictures.token_maps.save(out / "token_maps.png")
     else:
         print("nothing to optimise: the prompt has fewer than two tokens")
     losses = [{"step": e["step"], "loss_before": e["loss_before"], "loss_after": e.get("loss_after")}
@@ -129,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         first, last = losses[0], losses[-1]
         print(f"loss at the first optimised step {first['loss_before']:.4f}, after the last update "
               f"{last['loss_after']:.4f}")
-    print(f"wrote {out}/image.png, T.png, S_before.png, S_after.png, loss.json")
+    extra = ", S_before_after.png, token_maps.png" if args.show_attention else ""
+    print(f"wrote {out}/image.png, T.png, S_before.png, S_after.png, loss.json{extra}")
     return 0
 
 

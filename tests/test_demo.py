@@ -24,7 +24,7 @@ def test_demo_writes_image_matrices_and_a_falling_loss(tmp_path):
     proc = run_demo(tmp_path, "--show-attention")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "random weights" in proc.stdout and "the image is noise" in proc.stdout
-    for name in ("image.png", "T.png", "S_before.png", "S_after.png", "T_S.png", "token_maps.png"):
+    for name in ("image.png", "T.png", "S_before.png", "S_after.png", "S_before_after.png", "token_maps.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert Image.open(tmp_path / "image.png").size == (128, 96)
     losses = json.loads((tmp_path / "loss.json").read_text())
