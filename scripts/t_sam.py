@@ -1,0 +1,50 @@
+"""T-SAM in the AUTOMATIC1111 web UI (txt2img): a thin shell.
+
+The method is in `lib_align` (host-free), the host glue in `lib_align/a1111.py`, the accordion's layout in
+`lib_align/ui.py`. The host executes this file as a module named after it with the extension root on sys.path,
+which is why `lib_align` is imported here at the top and not relatively.
+"""
+
+from modules import scripts
+
+from lib_align import a1111
+from lib_align.config import AlignConfig
+from lib_align.ui import TITLE, build
+
+# Once per import. The host clears every callback before it (re)imports the scripts, so this never piles up.
+a1111.register_callbacks()
+
+
+class TSamScript(scripts.Script):
+    """The "T-SAM" accordion. Argument vector: [enabled, *AlignConfig().to_args()]."""
+
+    section = "accordions"  # beside Hires fix and Refiner
+    create_group = False  # the InputAccordion is the whole UI; no extra gr.Group around it
+
+    def title(self):
+        return TITLE  # API key: "t-sam"
+
+    def show(self, is_img2img):
+        return False if is_img2img else scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        # Also called by the API to read defaults: build components only, register nothing global.
+        import gradio as gr
+        from modules.ui_components import InputAccordion
+
+        enabled, controls = build(gr, InputAccordion, self.elem_id)
+        self.infotext_fields = a1111.paste_fields(enabled, controls)
+        self.paste_field_names = AlignConfig.infotext_keys()
+        return [enabled, *controls]
+
+    def process(self, p, *args):
+        a1111.process(p, args)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        a1111.before_sampling(p)
+
+    def post_sample(self, p, ps, *args):
+        a1111.after_sampling(p)
+
+    def postprocess(self, p, processed, *args):
+        a1111.finish(p)
