@@ -7,13 +7,15 @@ on them are seen) and recompute softmax(q k^T * scale) ourselves, in fp32, once 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 DEFAULT_LEVEL = 4  # the paper's 16x16 maps at 512^2: latent / 4
 
@@ -70,14 +72,26 @@ def level_size(height: int, width: int, ds: int) -> tuple[int, int]:
     return height, width
 
 
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on `device`: the host samples under autocast, which would run our fp32 matmuls in fp16."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def attention_probs(q: Tensor, k: Tensor, heads: int, scale: float) -> Tensor:
     """Head-averaged softmax(q k^T * scale) in fp32: q [B, n, heads*d], k [B, m, heads*d] -> [B, n, m]."""
     b, n, inner = q.shape
     d = inner // heads
-    qh = q.float().reshape(b, n, heads, d).transpose(1, 2)
-    kh = k.float().reshape(k.shape[0], k.shape[1], heads, d).transpose(1, 2)
-    sim = torch.matmul(qh, kh.transpose(-1, -2)) * scale
-    return sim.softmax(dim=-1).mean(dim=1)
+    with full_precision(q.device):
+        qh = q.float().reshape(b, n, heads, d).transpose(1, 2)
+        kh = k.float().reshape(k.shape[0], k.shape[1], heads, d).transpose(1, 2)
+        sim = torch.matmul(qh, kh.transpose(-1, -2)) * scale
+        return sim.softmax(dim=-1).mean(dim=1)
+
+
+def _same(tensor: Tensor) -> Tensor:
+    return tensor
 
 
 class CrossAttentionCapture:
@@ -111,6 +125,8 @@ class CrossAttentionCapture:
         self._k: dict[nn.Module, Tensor] = {}
         self._sum: Tensor | None = None
         self._count = 0
+        self._replaying = 0  # > 0 while a checkpointed block recomputes its forward inside the backward
+        self._own_saved = False  # set by `checkpointed_blocks`: our map computation keeps its own saved tensors
 
     # -- hooks ------------------------------------------------------------------------------------------------
     def __enter__(self) -> CrossAttentionCapture:
@@ -137,11 +153,14 @@ class CrossAttentionCapture:
 
     def _keep(self, store: dict, attn: nn.Module) -> Callable:
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
-            store[attn] = output
+            if not self._replaying:
+                store[attn] = output
 
         return hook
 
     def _on_attention(self, attn: nn.Module, _inputs: Any, _output: Any) -> None:
+        if self._replaying:  # a checkpoint recomputation: these maps were taken in the original forward
+            return
         q, k = self._q.pop(attn, None), self._k.pop(attn, None)
         if q is None or k is None:
             return
@@ -150,11 +169,23 @@ class CrossAttentionCapture:
         h, w = self.size
         if q.shape[1] != h * w:  # a layer of another level (only possible for unknown structures)
             return
-        probs = attention_probs(q, k, attn.heads, float(attn.scale))
-        self._sum = probs if self._sum is None else self._sum + probs
+        # Inside a checkpointed block the recomputation skips this hook, so what the map computation saves for
+        # its backward must not be handed to the checkpoint (it would expect it again, in order): keep it here.
+        saving = torch.autograd.graph.saved_tensors_hooks(_same, _same) if self._own_saved else contextlib.nullcontext()
+        with saving:
+            probs = attention_probs(q, k, attn.heads, float(attn.scale))
+            self._sum = probs if self._sum is None else self._sum + probs
         self._count += 1
         if attn is self.stop_after:
             raise StopForward
+
+    @contextlib.contextmanager
+    def _replay(self) -> Iterator[None]:
+        self._replaying += 1
+        try:
+            yield
+        finally:
+            self._replaying -= 1
 
     # -- results ----------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -182,3 +213,56 @@ class CrossAttentionCapture:
             raise RuntimeError("no cross-attention was captured: did the UNet run inside the `with` block?")
         b, _, m = self._sum.shape
         return (self._sum / self._count).reshape(b, self.size[0], self.size[1], m)
+
+
+@contextlib.contextmanager
+def checkpointed_blocks(unet: nn.Module, capture: CrossAttentionCapture) -> Iterator[int]:
+    """The memory mode: gradient checkpointing of the optimisation pass, for small GPUs.
+
+    Inside the block, every top-level block of an ldm/sgm UNet except the one holding the capture's last layer
+    keeps only its inputs during a differentiable forward and recomputes its activations in the backward
+    (`torch.utils.checkpoint`, non-reentrant), one block at a time. The pass's activation memory drops to about
+    one block's worth for about one more truncated forward of compute; the gradient is the same within float
+    tolerance. Forwards without grad run as they are. Yields how many blocks were wrapped (0 for a UNet of unknown
+    structure, which then runs unchanged). The blocks' own `forward` is restored on every exit path.
+    """
+    if not all(hasattr(unet, a) for a in ("input_blocks", "middle_block", "output_blocks")):
+        yield 0
+        return
+    blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
+    last = capture.layers[-1].module
+    # The block with the last map is left alone: checkpointing it gains little (the forward stops inside it) and
+    # its recomputation would have to run past the point where the original forward stopped.
+    wrapped = [b for b in blocks if not any(m is last for m in b.modules())]
+    saved = [(b, b.__dict__.get("forward")) for b in wrapped]
+    try:
+        for block in wrapped:
+            block.forward = _checkpointed(block.forward, capture)
+        capture._own_saved = True
+        yield len(wrapped)
+    finally:
+        capture._own_saved = False
+        for block, own in saved:
+            if own is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = own
+
+
+def _checkpointed(forward: Callable[..., Any], capture: CrossAttentionCapture) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        calls = 0
+
+        def once_then_replay(*a: Any, **kw: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return forward(*a, **kw)
+            with capture._replay():  # the backward's recomputation: the capture must not record it again
+                return forward(*a, **kw)
+
+        return checkpoint(once_then_replay, *args, use_reentrant=False, **kwargs)
+
+    return run

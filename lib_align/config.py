@@ -73,6 +73,10 @@ class AlignConfig:
     smooth: bool = _setting(
         True, "Smooth attention maps", "T-SAM smooth",
         "Gaussian-smooth each token's cross-attention map (3x3, sigma 0.5) before comparing maps.")
+    low_memory: bool = _setting(
+        False, "Low-memory mode (slower)", "T-SAM low memory",
+        "For small GPUs: the T-SAM pass recomputes the UNet's activations during its backward instead of keeping "
+        "them (gradient checkpointing). Same result, less memory; each update takes up to half as long again.")
 
     # --- presets -------------------------------------------------------------------------------------------
     @classmethod

@@ -73,9 +73,11 @@ class LatentOptimizer:
         report = StepReport(step=step, step_size=alpha)
         z = z.detach()
         planned = 1 + (cfg.refine_iters if step in self.refine_steps else 0)
+        known: tuple[Tensor, Tensor | None] | None = None  # loss and gradient at the current z, while z is unmoved
         if step in self.refine_steps:
             for _ in range(cfg.refine_iters):
                 losses, grad = loss_and_grad(z, loss_fn)
+                known = (losses, grad)
                 if not report.loss_before:
                     report.loss_before = losses.tolist()
                 if grad is None:
@@ -88,10 +90,13 @@ class LatentOptimizer:
                 if not bool(pending.any()):
                     break
                 z = self._update(z, grad, losses, alpha, report, mask=pending)
+                known = None
                 report.iterations += 1
                 if on_iteration is not None:
                     on_iteration(report.iterations, planned)
-        losses, grad = loss_and_grad(z, loss_fn)
+        # A refinement that stopped on convergence has just evaluated this very z: its loss and gradient are
+        # reused rather than paying another UNet forward and backward for the same numbers.
+        losses, grad = known if known is not None else loss_and_grad(z, loss_fn)
         if not report.loss_before:
             report.loss_before = losses.tolist()
         if grad is not None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .capture import DEFAULT_LEVEL, CrossAttentionCapture
+from .capture import DEFAULT_LEVEL, CrossAttentionCapture, checkpointed_blocks, full_precision
 from .config import AlignConfig
 from .loss import loss_threshold, prompt_loss
 from .optimizer import IterationCallback, LatentOptimizer, StepReport
@@ -48,6 +49,10 @@ class AlignSession:
         self.first_maps: Tensor | None = None  # [B, h, w, ctx] at the first optimised step, before its update
         self.last_maps: Tensor | None = None  # [B, h, w, ctx] of the latest loss evaluation
         self.thresholds = torch.tensor([loss_threshold(t, config.refine_threshold) for t in targets])
+        self._capture: CrossAttentionCapture | None = None  # built at the first update: the layer walk runs once
+        # The UNet's weights stop requiring grad during our pass (see `_frozen`); the benchmark's reference (the
+        # official pipeline's structure) turns this off.
+        self.freeze_weights = True
 
     @property
     def has_work(self) -> bool:
@@ -58,9 +63,16 @@ class AlignSession:
         return self.has_work and self.optimizer.is_active(step)
 
     def losses(self, maps: Tensor) -> Tensor:
-        """Per-image losses [B] from captured maps [B, h, w, ctx]."""
-        return torch.stack([prompt_loss(maps[b], self.targets[b], self.config.loss_form, self.config.smooth)
-                            for b in range(maps.shape[0])])
+        """Per-image losses [B] from captured maps [B, h, w, ctx], in fp32 even under the host's autocast."""
+        with full_precision(maps.device):
+            return torch.stack([prompt_loss(maps[b], self.targets[b], self.config.loss_form, self.config.smooth)
+                                for b in range(maps.shape[0])])
+
+    def _capture_once(self) -> CrossAttentionCapture:
+        """The session's one capture (its hooks exist only inside `update`)."""
+        if self._capture is None:
+            self._capture = CrossAttentionCapture(self.unet, self.latent_hw, self.level, stop_early=self.stop_early)
+        return self._capture
 
     def update(
         self,
@@ -74,7 +86,10 @@ class AlignSession:
         """Optimise z (conditional rows, [B, C, h, w]) at UNet timestep t; returns the new z and what was done."""
         if not self.is_active(step):
             return z, None
-        with CrossAttentionCapture(self.unet, self.latent_hw, self.level, stop_early=self.stop_early) as capture:
+        capture = self._capture_once()
+        memory_mode = checkpointed_blocks(self.unet, capture) if self.config.low_memory else contextlib.nullcontext()
+        frozen = _frozen(self.unet) if self.freeze_weights else contextlib.nullcontext()
+        with capture, memory_mode, frozen:
 
             def loss_fn(z_: Tensor) -> Tensor:
                 maps = capture.run(lambda: self.apply_model(z_, t, cond))
@@ -106,3 +121,22 @@ class AlignSession:
         c_in = (1.0 / (sigma.float() ** 2 + 1.0).sqrt()).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
         z_new, report = self.update(x * c_in, sigma_to_t(sigma), cond, step, **kwargs)
         return z_new / c_in, report
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """The module's weights stop requiring grad for the duration of our pass and are restored after it.
+
+    `torch.autograd.grad(loss, [z])` computes no weight gradient either way, but while the weights require grad
+    autograd also keeps every layer input that only a weight gradient would need (e.g. the input of each Linear),
+    a sizeable part of the pass's memory. The host itself keeps requires_grad=True: hence restore, never a global
+    change.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)

@@ -1,0 +1,299 @@
+"""What the benchmark runs: the model, one plain CFG step, one T-SAM optimisation iteration in each variant, whole
+samplings (plain, Paper, Official code, and the official pipeline's structure), and the stand-in host with T-SAM
+installed but off."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lib_align.capture import CrossAttentionCapture
+from lib_align.config import AlignConfig
+from lib_align.models import StableDiffusion, full_size_config, import_k_diffusion, tiny_sd, widen_random_init
+from lib_align.optimizer import LatentOptimizer, LossFn, StepReport
+from lib_align.pipeline import GuidedDenoiser
+from lib_align.session import AlignSession
+from lib_align.text import ChunkTarget, chunk_targets, tokenize_chunks
+
+PROMPT = "a black car and a white clock"  # the README's example: 7 prompt tokens, two objects, two attributes
+
+
+def build_model(kind: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> StableDiffusion:
+    """`full`: SD1.x at full size (ldm UNetModel, v1 config), random weights widened like the tiny model's so that
+    attention is not uniform and the refinement's iteration counts are not trivially 0 or capped. `tiny`: the
+    test model. In fp16 the UNet and text encoder are half, as in the host, and calls run under autocast."""
+    if kind == "tiny":
+        sd = tiny_sd(seed)
+    else:
+        # As `full_size_sd`, with the text encoder initialised like the tiny model's (initializer factor 4): at the
+        # default factor a random CLIP attends almost uniformly, T is flat, the loss starts near 0 and the
+        # refinement never iterates, which would hide the cost the Official preset is about.
+        torch.manual_seed(seed)
+        config = full_size_config()
+        config.text["initializer_factor"] = 16.0
+        sd = StableDiffusion(config).eval()
+        widen_random_init(sd)
+    sd = sd.to(device)
+    if dtype != torch.float32:
+        sd.model.to(dtype)
+        sd.cond_stage_model.to(dtype)
+        sd.unet.dtype = dtype  # ldm's UNet casts its input to this attribute
+    return sd
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """The host samples under autocast on GPU (fp16 weights, fp32 latents); fp32 runs need none."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def text_targets(sd: StableDiffusion, prompt: str, power: float, device: torch.device) -> list[ChunkTarget]:
+    """T of every chunk of the prompt: the one text-encoder pass with attention output that T-SAM adds."""
+    chunks, words = tokenize_chunks(sd.cond_stage_model.tokenizer, prompt)
+    return chunk_targets(sd.cond_stage_model.transformer, chunks.to(device), power, tokens=words)
+
+
+def encode(sd: StableDiffusion, prompt: str, device: torch.device) -> Tensor:
+    chunks, _ = tokenize_chunks(sd.cond_stage_model.tokenizer, prompt)
+    with torch.no_grad():
+        return sd.cond_stage_model.encode_chunks(chunks.to(device)).float()
+
+
+class OfficialStructure(LatentOptimizer):
+    """The official code's control flow, for the reference run: after each refinement loop it runs the UNet once
+    more (a forward with grad, its graph then used by the regular update) to recompute a loss that the loop's last
+    forward had already produced. Paired with `stop_early=False` (the full UNet every time) this is the cost
+    structure of the authors' pipeline. Our optimiser reuses that evaluation; here one more forward is paid at the
+    same point, and its result is discarded, so latents stay identical to `LatentOptimizer`'s."""
+
+    def step(self, z: Tensor, step: int, loss_fn: LossFn, threshold: Tensor | None = None,
+             on_iteration: Any = None, measure_after: bool = False) -> tuple[Tensor, StepReport]:
+        if step in self.refine_steps:
+            with torch.enable_grad():
+                loss_fn(z.detach().requires_grad_(True))
+        return super().step(z, step, loss_fn, threshold, on_iteration, measure_after)
+
+
+@dataclass
+class Sampling:
+    """One whole sampling run: the final latent and the optimiser's reports."""
+
+    latent: Tensor
+    reports: list[StepReport] = field(default_factory=list)
+
+    @property
+    def iterations(self) -> int:
+        return sum(r.iterations for r in self.reports)
+
+
+class Workload:
+    """The model, prompt, latent size and the conditionings, fixed for one benchmark process."""
+
+    def __init__(self, sd: StableDiffusion, *, size: tuple[int, int], device: torch.device, dtype: torch.dtype,
+                 prompt: str = PROMPT, cfg_scale: float = 7.5, seed: int = 0) -> None:
+        self.sd, self.device, self.dtype = sd, device, dtype
+        self.width, self.height = size
+        self.latent_hw = (self.height // 8, self.width // 8)
+        self.prompt, self.cfg_scale, self.seed = prompt, cfg_scale, seed
+        self.kd = import_k_diffusion()
+        self.denoiser = self.kd.external.CompVisDenoiser(sd)
+        with self.autocast():
+            self.cond, self.uncond = encode(sd, prompt, device), encode(sd, "", device)
+            self.targets = {p: text_targets(sd, prompt, p, device) for p in (AlignConfig.paper().power,
+                                                                             AlignConfig.official().power)}
+        generator = torch.Generator().manual_seed(seed)
+        sigmas = self.denoiser.get_sigmas(50)
+        self.sigma = sigmas[:1]  # the first step's noise level: where T-SAM works hardest (refinement runs there)
+        self.x = (torch.randn((1, sd.config.latent_channels, *self.latent_hw), generator=generator).to(device)
+                  * self.sigma[0])
+        self._sessions: dict[tuple[bool, bool, bool], AlignSession] = {}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.dtype)
+
+    # -- unit costs ----------------------------------------------------------------------------------------------
+    def plain_step(self) -> None:
+        """One sampler step's model call without T-SAM: CFG, cond and uncond rows in one UNet batch of 2."""
+        guided = GuidedDenoiser(self.denoiser, self.cond, self.uncond, self.cfg_scale, self.denoiser.sigmas)
+        with torch.no_grad(), self.autocast():
+            guided(self.x, self.sigma)
+
+    def session(self, optimised: bool = True, low_memory: bool = False, total_steps: int = 50) -> AlignSession:
+        """A Paper-preset session (one iteration per optimised step), kept across calls as in a real run.
+
+        optimised=False is the pass as the official pipeline structures it: the full UNet forward, and the weights
+        left requiring grad (the backward is to the latent only in both)."""
+        key = (optimised, low_memory)
+        if key not in self._sessions:
+            config = AlignConfig.paper(low_memory=low_memory)
+            session = AlignSession(self.sd.unet, self.sd.apply_model, [self.targets[config.power]], config,
+                                   total_steps, self.latent_hw, stop_early=optimised)
+            session.freeze_weights = optimised
+            self._sessions[key] = session
+        return self._sessions[key]
+
+    def iteration(self, optimised: bool = True, low_memory: bool = False) -> StepReport:
+        """One optimisation iteration as the session runs it: forward of the conditional row with the capture,
+        loss, gradient to the latent, update (step 0 of the Paper preset: exactly one iteration)."""
+        session = self.session(optimised, low_memory)
+        with torch.no_grad(), self.autocast():  # the host samples under no_grad; the session enables grad itself
+            _, report = session.update_sigma_space(self.x, self.sigma, self.cond, 0, self.denoiser.sigma_to_t)
+        session.history.clear()
+        assert report is not None and report.iterations == 1, report
+        return report
+
+    def forward_with_grad(self) -> None:
+        """The official code's extra pass after refinement: a full UNet forward with grad and the loss, no backward."""
+        session = self.session(optimised=False)
+        c_in = 1.0 / (self.sigma**2 + 1.0).sqrt()
+        z = (self.x * c_in).detach().requires_grad_(True)
+        t = self.denoiser.sigma_to_t(self.sigma)
+        with CrossAttentionCapture(self.sd.unet, self.latent_hw) as capture, torch.enable_grad(), self.autocast():
+            maps = capture.run(lambda: self.sd.apply_model(z, t, self.cond))
+            session.losses(maps)
+
+    def unet_forward(self, capture: bool) -> None:
+        """A no-grad batch-1 UNet forward with or without the capture's hooks (their per-layer overhead)."""
+        t = self.denoiser.sigma_to_t(self.sigma)
+        with torch.no_grad(), self.autocast():
+            if capture:
+                with CrossAttentionCapture(self.sd.unet, self.latent_hw) as cap:
+                    cap.run(lambda: self.sd.apply_model(self.x, t, self.cond))
+            else:
+                self.sd.apply_model(self.x, t, self.cond)
+
+    def text_target(self) -> None:
+        """T for the prompt: paid once per prompt (the pipeline and the extension keep it for the whole job)."""
+        with self.autocast():
+            text_targets(self.sd, self.prompt, AlignConfig.paper().power, self.device)
+
+    # -- whole samplings -----------------------------------------------------------------------------------------
+    def sample(self, config: AlignConfig | None, steps: int, *, reference: bool = False,
+               on_call: Callable[[], None] | None = None) -> Sampling:
+        """A txt2img sampling (Euler, CFG, no decode) as `lib_align.pipeline.generate` runs it, timed as a whole:
+        text encoding, T (with T-SAM), every step. reference=True: our optimisations off and the official code's
+        control flow (full UNet forward, weights requiring grad, the extra forward after refinement). `on_call`
+        runs before every denoiser call (the stand-in for an `on_cfg_denoiser` callback that returns at once)."""
+        sd = self.sd
+        with self.autocast():
+            cond, uncond = encode(sd, self.prompt, self.device), encode(sd, "", self.device)
+            session = None
+            if config is not None:
+                targets = text_targets(sd, self.prompt, config.power, self.device)
+                session = AlignSession(sd.unet, sd.apply_model, [targets], config, steps, self.latent_hw,
+                                       stop_early=not reference)
+                if reference:
+                    session.freeze_weights = False
+                    session.optimizer = OfficialStructure(config, steps)
+            sigmas = self.denoiser.get_sigmas(steps)
+            model = GuidedDenoiser(self.denoiser, cond, uncond, self.cfg_scale, sigmas, session,
+                                   measure_after=False)
+            handle = model.register_forward_pre_hook(lambda *_: on_call()) if on_call is not None else None
+            try:
+                generator = torch.Generator().manual_seed(self.seed)
+                x = torch.randn((1, sd.config.latent_channels, *self.latent_hw), generator=generator).to(self.device)
+                torch.manual_seed(self.seed)
+                with torch.no_grad():
+                    latent = self.kd.sampling.sample_euler(model, x * sigmas[0], sigmas, disable=True)
+            finally:
+                if handle is not None:
+                    handle.remove()
+        return Sampling(latent, list(session.history) if session is not None else [])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# installed but off
+
+
+@dataclass
+class OffRunner:
+    """Plain txt2img jobs with T-SAM installed but its accordion closed, and with no extension at all.
+
+    `kind` says what stands in for the host: "stand-in host" (tests/host: the real script and callback loaded by a
+    mirror of A1111's processing) or "no-op pre-step hook" (when the stand-in is not importable, e.g. on a GPU)."""
+
+    kind: str
+    with_extension: Callable[[], Any]
+    without_extension: Callable[[], Any]
+    counts: Callable[[], tuple[dict[str, int], dict[str, int]]]
+
+
+@contextlib.contextmanager
+def _counting(sd: StableDiffusion) -> Iterator[dict[str, int]]:
+    counts = {"unet_calls": 0, "text_encoder_calls": 0}
+
+    def bump(key: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            counts[key] += 1
+
+        return hook
+
+    handles = [sd.unet.register_forward_pre_hook(bump("unet_calls")),
+               sd.cond_stage_model.transformer.register_forward_pre_hook(bump("text_encoder_calls"))]
+    try:
+        yield counts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def off_runner(work: Workload, steps: int) -> OffRunner:
+    if work.device.type == "cpu" and work.dtype == torch.float32:
+        try:
+            return _standin_runner(work, steps)
+        except ImportError:
+            pass
+
+    def with_ext() -> Any:
+        return work.sample(None, steps, on_call=lambda: None)
+
+    def without_ext() -> Any:
+        return work.sample(None, steps)
+
+    def counts() -> tuple[dict[str, int], dict[str, int]]:
+        with _counting(work.sd) as a:
+            with_ext()
+        with _counting(work.sd) as b:
+            without_ext()
+        return dict(a), dict(b)
+
+    return OffRunner("no-op pre-step hook", with_ext, without_ext, counts)
+
+
+def _standin_runner(work: Workload, steps: int) -> OffRunner:
+    import sys
+    from pathlib import Path
+
+    host_dir = Path(__file__).resolve().parents[1] / "tests" / "host"
+    if not (host_dir / "standin.py").exists():
+        raise ImportError("no stand-in host")
+    if str(host_dir) not in sys.path:
+        sys.path.insert(0, str(host_dir))
+    import standin  # noqa: PLC0415 — the stand-in puts its `modules` package first on sys.path when imported
+
+    host = standin.Host(work.sd)
+    job = dict(steps=steps, width=work.width, height=work.height, seed=work.seed, cfg_scale=work.cfg_scale)
+
+    def with_ext() -> Any:
+        standin.reset_host_state()
+        return host.txt2img(work.prompt, tsam=None, **job)
+
+    def without_ext() -> Any:
+        standin.reset_host_state()
+        return host.txt2img_without_extension(work.prompt, **job)
+
+    def counts() -> tuple[dict[str, int], dict[str, int]]:
+        with _counting(work.sd) as a:
+            with_ext()
+        with _counting(work.sd) as b:
+            without_ext()
+        return dict(a), dict(b)
+
+    return OffRunner("stand-in host (tests/host) with scripts/t_sam.py loaded and off, vs no extension",
+                     with_ext, without_ext, counts)
