@@ -257,13 +257,18 @@ def off_runner(work: Workload, steps: int) -> OffRunner:
         return work.sample(None, steps)
 
     def counts() -> tuple[dict[str, int], dict[str, int]]:
-        with _counting(work.sd) as a:
-            with_ext()
-        with _counting(work.sd) as b:
-            without_ext()
-        return dict(a), dict(b)
+        return _count_both(work, with_ext, without_ext)
 
     return OffRunner("no-op pre-step hook", with_ext, without_ext, counts)
+
+
+def _count_both(work: Workload, with_ext: Any, without_ext: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """Model calls made by a run with the extension and by one without it, to show the off path does no work."""
+    with _counting(work.sd) as a:
+        with_ext()
+    with _counting(work.sd) as b:
+        without_ext()
+    return dict(a), dict(b)
 
 
 def _standin_runner(work: Workload, steps: int) -> OffRunner:
@@ -289,11 +294,7 @@ def _standin_runner(work: Workload, steps: int) -> OffRunner:
         return host.txt2img_without_extension(work.prompt, **job)
 
     def counts() -> tuple[dict[str, int], dict[str, int]]:
-        with _counting(work.sd) as a:
-            with_ext()
-        with _counting(work.sd) as b:
-            without_ext()
-        return dict(a), dict(b)
+        return _count_both(work, with_ext, without_ext)
 
     return OffRunner("stand-in host (tests/host) with scripts/t_sam.py loaded and off, vs no extension",
                      with_ext, without_ext, counts)
