@@ -26,16 +26,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from modules import devices, prompt_parser, script_callbacks, scripts, sd_samplers_common, shared
+from modules import call_queue, devices, images, prompt_parser, script_callbacks, scripts, sd_samplers_common, shared
 from modules.infotext_utils import PasteField
 from modules.processing import StableDiffusionProcessingTxt2Img
+from PIL import Image
 from torch import Tensor
 
 from .config import AlignConfig, parse_bool
 from .optimizer import IterationCallback, StepReport
+from .pictures import ImageAttention, draw, image_attention, target_picture
 from .session import AlignSession
-from .text import ChunkTarget, chunk_targets
-from .ui import TITLE
+from .text import ChunkTarget, chunk_targets, token_labels
+from .ui import SHOW_ATTENTION, TITLE
 
 logger = logging.getLogger("t_sam")
 
@@ -44,6 +46,9 @@ JOB_ATTR = "tsam_job"
 XYZ_FIELDS = ("step_size", "steps_fraction")
 XYZ_ENABLED_LABEL = f"{TITLE} enabled"
 RE_AND = re.compile(r"\bAND\b")  # the host's multi-cond separator (modules/prompt_parser.py)
+RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # <lora:name:1>: the host strips these before encoding
+PROMPT_ELEM_ID = "txt2img_prompt"  # the txt2img prompt textbox (modules/ui_toprow.py)
+ANALYZE_STEPS = 20  # prompt editing: "Analyze prompt" shows the text in force at the first of this many steps
 
 _hooked: list[Job] = []  # jobs holding a pre-hook; one whose sampling raised stays here until the next job starts
 
@@ -79,11 +84,26 @@ def read_config(p: Any, args: Sequence[Any]) -> AlignConfig:
     named settings in place of the first argument (`{"enabled": true, "step_size": 20}`; field names, labels or
     infotext keys). Raises ValueError with a readable message for bad values.
     """
-    config = AlignConfig.from_args(dict(args[0]) if isinstance(args[0], Mapping) else list(args[1:]))
+    if isinstance(args[0], Mapping):
+        named = {k: v for k, v in args[0].items() if k.lower() != SHOW_ATTENTION}
+        config = AlignConfig.from_args(named)
+    else:
+        config = AlignConfig.from_args(list(args[1:1 + len(AlignConfig.settings())]))
     overrides = {name: value for name in XYZ_FIELDS if (value := getattr(p, f"tsam_{name}", None)) is not None}
     if overrides:
         config = dataclasses.replace(config, **overrides)  # __post_init__ validates again
     return config
+
+
+def shows_attention(args: Sequence[Any]) -> bool:
+    """The "Show attention" switch: the argument after the settings (or the API dict's "show_attention"); off
+    when absent, as in API calls written before it existed."""
+    if args and isinstance(args[0], Mapping):
+        value = next((v for k, v in args[0].items() if k.lower() == SHOW_ATTENTION), False)
+    else:
+        index = 1 + len(AlignConfig.settings())
+        value = args[index] if len(args) > index else False
+    return parse_bool(value) if value is not None else False
 
 
 def forget_infotext(p: Any) -> None:
@@ -112,27 +132,36 @@ def paste_fields(enabled: Any, controls: Sequence[Any]) -> list[PasteField]:
 
 def refusal(p: Any) -> str | None:
     """Why T-SAM cannot run for this job, or None. Each reason is one line a user can act on."""
-    model = shared.sd_model
-    if "modules_forge" in sys.modules:
-        return ("Forge is not supported (it generates under torch.inference_mode and patches the UNet its own way); "
-                "generating without T-SAM.")
-    if getattr(shared.cmd_opts, "lowvram", False) or getattr(model, "lowvram", False):
-        return ("--lowvram moves each UNet block to the CPU after use, so the gradient T-SAM needs cannot be "
-                "computed; generating without T-SAM (--medvram works).")
-    if getattr(model, "cond_stage_key", None) == "edit":
-        return "InstructPix2Pix models are not supported; generating without T-SAM."
-    for flag, name in (("is_sd3", "SD3"), ("is_sdxl", "SDXL"), ("is_sd2", "SD2")):
-        if getattr(model, flag, False):
-            return f"{name} models are not supported yet (Stable Diffusion 1.x only); generating without T-SAM."
-    wrapper = getattr(model, "cond_stage_model", None)
-    supported = (getattr(model, "is_sd1", True) and hasattr(getattr(model, "model", None), "diffusion_model")
-                 and hasattr(wrapper, "tokenize_line") and hasattr(getattr(wrapper, "wrapped", None), "transformer"))
-    if not supported:
-        return "this model type is not supported (Stable Diffusion 1.x only); generating without T-SAM."
+    reason = model_refusal(shared.sd_model)
+    if reason is not None:
+        return f"{reason}; generating without T-SAM."
     prompts = getattr(p, "all_prompts", None) or [getattr(p, "prompt", "")]
     if any(RE_AND.search(str(prompt)) for prompt in prompts):
         return ("prompts with AND (composable diffusion) are not supported: T needs one text per image; generating "
                 "without T-SAM.")
+    return None
+
+
+def model_refusal(model: Any) -> str | None:
+    """Why T-SAM cannot work with this host and model, or None (no trailing consequence: callers add it)."""
+    if model is None:
+        return "no model is loaded"
+    if "modules_forge" in sys.modules:
+        return ("Forge is not supported (it generates under torch.inference_mode and patches the UNet its own "
+                "way)")
+    if getattr(shared.cmd_opts, "lowvram", False) or getattr(model, "lowvram", False):
+        return ("--lowvram moves each UNet block to the CPU after use, so the gradient T-SAM needs cannot be "
+                "computed (--medvram works)")
+    if getattr(model, "cond_stage_key", None) == "edit":
+        return "InstructPix2Pix models are not supported"
+    for flag, name in (("is_sd3", "SD3"), ("is_sdxl", "SDXL"), ("is_sd2", "SD2")):
+        if getattr(model, flag, False):
+            return f"{name} models are not supported yet (Stable Diffusion 1.x only)"
+    wrapper = getattr(model, "cond_stage_model", None)
+    supported = (getattr(model, "is_sd1", True) and hasattr(getattr(model, "model", None), "diffusion_model")
+                 and hasattr(wrapper, "tokenize_line") and hasattr(getattr(wrapper, "wrapped", None), "transformer"))
+    if not supported:
+        return "this model type is not supported (Stable Diffusion 1.x only)"
     return None
 
 
@@ -154,7 +183,13 @@ def prompt_targets(wrapper: Any, text: str, power: float, clip_skip: int) -> lis
     chunks, _ = wrapper.tokenize_line(text)
     ids = torch.tensor([chunk.tokens for chunk in chunks], dtype=torch.long, device=devices.device)
     overrides = [[(fix.offset, _vectors(fix.embedding)) for fix in chunk.fixes] for chunk in chunks]
-    return chunk_targets(wrapper.wrapped.transformer, ids, power, clip_skip, overrides)
+    tokenizer = getattr(wrapper.wrapped, "tokenizer", None)  # only for the pictures' labels
+    labels = None
+    if tokenizer is not None:
+        labels = [token_labels(tokenizer, chunk.tokens, [(fix.offset, len(_vectors(fix.embedding)),
+                                                          str(getattr(fix.embedding, "name", "embedding")))
+                                                         for fix in chunk.fixes]) for chunk in chunks]
+    return chunk_targets(wrapper.wrapped.transformer, ids, power, clip_skip, overrides, tokens=labels)
 
 
 def _vectors(embedding: Any) -> Tensor:
@@ -167,9 +202,11 @@ class Job:
 
     measure_after = False  # diagnostics: also evaluate the loss after each update (one more UNet pass per step)
 
-    def __init__(self, p: Any, config: AlignConfig) -> None:
+    def __init__(self, p: Any, config: AlignConfig, show: bool = False) -> None:
         self.p = p
         self.config = config
+        self.show = show  # "Show attention": keep each image's maps and add its pictures to the result
+        self.attention: list[tuple[int, ImageAttention]] = []  # (image number in the job, what to draw)
         self.model = shared.sd_model
         self.targets: dict[str, list[ChunkTarget]] = {}  # per prompt text; the same job keeps model and clip skip
         self.schedules: list[list[tuple[int, str]]] = []  # per image: (last denoiser call, text), prompt editing
@@ -269,14 +306,16 @@ class Job:
         sigma = params.sigma[:batch]
         inner = denoiser.inner_model
         textinfo = shared.state.textinfo
+        # "Show attention" draws S after the optimisation: one more (no-grad, truncated) pass at the last step.
+        measure = self.measure_after or (self.show and step == session.optimizer.last_step - 1)
         try:
             if hasattr(inner, "sigma_to_t"):  # k-diffusion: sigma is a noise level and x = z / c_in
                 x_new, report = session.update_sigma_space(x, sigma, cond, step, inner.sigma_to_t,
                                                            on_iteration=self._progress(step, session),
-                                                           measure_after=self.measure_after)
+                                                           measure_after=measure)
             else:  # DDIM / PLMS / UniPC: sigma is the timestep and x already is z_t
                 x_new, report = session.update(x, sigma, cond, step, on_iteration=self._progress(step, session),
-                                               measure_after=self.measure_after)
+                                               measure_after=measure)
         finally:
             shared.state.textinfo = textinfo
         if report is None:
@@ -314,6 +353,44 @@ class Job:
 
         return on_iteration
 
+    # -- "Show attention" ----------------------------------------------------------------------------------------
+    def keep_attention(self) -> None:
+        """After a batch's sampling: what each image's pictures need (T; the maps if T-SAM ran), on the CPU."""
+        if not self.show or not self.schedules:
+            return
+        ran = [s for s in self.sessions.values() if s.history]
+        latest = max(ran, key=lambda s: s.history[-1].step, default=None)  # prompt editing: the last one used
+        first = int(getattr(self.p, "iteration", 0)) * len(self.schedules)
+        for b, schedule in enumerate(self.schedules):
+            if latest is not None:
+                record = image_attention(latest, b, latest.targets[b], self.config.power)
+            else:  # nothing was optimised (too short a prompt, T-SAM stopped): T alone still explains the prompt
+                record = ImageAttention(self.targets.get(active_text(schedule, 0), []), power=self.config.power)
+            self.attention.append((first + b, record))
+
+    def add_pictures(self, processed: Any) -> None:
+        """Append each image's pictures to the result, after all images, each with its image's infotext. Saved
+        like the images only when the user saves every image ("Always save all generated images")."""
+        p, opts = self.p, shared.opts
+        first = int(getattr(processed, "index_of_first_image", 0))
+        shown, texts = list(processed.images), list(processed.infotexts)
+        save = bool(getattr(opts, "samples_save", False)) and not getattr(p, "do_not_save_samples", False)
+        for number, record in self.attention:
+            index = first + number
+            image = shown[index] if index < len(shown) else None
+            infotext = texts[index] if index < len(texts) else processed.info
+            for kind, picture in draw(record, image).named():
+                if getattr(opts, "enable_pnginfo", True):
+                    picture.info["parameters"] = infotext
+                processed.images.append(picture)
+                processed.infotexts.append(infotext)
+                if save:
+                    seeds, prompts = getattr(p, "all_seeds", None) or [None], getattr(p, "all_prompts", None) or [""]
+                    images.save_image(picture, p.outpath_samples, "", seeds[min(number, len(seeds) - 1)],
+                                      prompts[min(number, len(prompts) - 1)], opts.samples_format, info=infotext,
+                                      p=p, suffix=f"-tsam-{kind}")
+        self.attention.clear()
+
 
 # -- the hooks the script forwards to ---------------------------------------------------------------------------
 
@@ -348,7 +425,7 @@ def process(p: Any, args: Sequence[Any]) -> None:
         tell(p, reason)
         return
     p.extra_generation_params.update(config.infotext())
-    setattr(p, JOB_ATTR, Job(p, config))
+    setattr(p, JOB_ATTR, Job(p, config, show=shows_attention(args)))
 
 
 def before_sampling(p: Any) -> None:
@@ -370,14 +447,69 @@ def after_sampling(p: Any) -> None:
     job = own_job(p)
     if job is not None:
         job.unhook()
+        try:
+            job.keep_attention()
+        except Exception as error:  # pictures are a diagnostic: never fail the image for them
+            job.show = False
+            job.say(f"could not keep the attention maps ({type(error).__name__}: {error}); no pictures.")
 
 
-def finish(p: Any) -> None:
-    """Script.postprocess: drop the job (not reached when the generation raised; see `process`)."""
+def finish(p: Any, processed: Any = None) -> None:
+    """Script.postprocess: the pictures, then drop the job (not reached when the generation raised; see
+    `process`)."""
     job = own_job(p)
-    if job is not None:
-        job.unhook()
-        setattr(p, JOB_ATTR, None)
+    if job is None:
+        return
+    job.unhook()
+    setattr(p, JOB_ATTR, None)
+    if job.show and processed is not None:
+        try:
+            job.add_pictures(processed)
+        except Exception as error:
+            job.say(f"could not draw the attention pictures ({type(error).__name__}: {error}).")
+
+
+# -- "Analyze prompt" --------------------------------------------------------------------------------------------
+
+
+def analyze_prompt(prompt: str, power: float) -> tuple[Image.Image | None, str]:
+    """T of the txt2img prompt, from the text encoder alone: (picture or None, one line for the user).
+
+    Runs only when no generation holds the host's queue lock (the text encoder's embedding table is briefly
+    changed for textual-inversion tokens, which a running job must not see); otherwise says so and returns.
+    """
+    reason = model_refusal(shared.sd_model)
+    if reason is not None:
+        return None, f"T-SAM: {reason}."
+    text = RE_EXTRA_NETWORK.sub("", str(prompt or ""))
+    if RE_AND.search(text):
+        return None, "T-SAM: prompts with AND (composable diffusion) are not supported."
+    try:
+        power = float(power)
+    except (TypeError, ValueError):
+        power = AlignConfig().power
+    use_old = bool(getattr(shared.opts, "use_old_scheduling", False))
+    (schedule,) = prompt_parser.get_learned_conditioning_prompt_schedules([text], ANALYZE_STEPS, None, use_old)
+    first = str(schedule[0][1])
+    clip_skip = int(getattr(shared.opts, "CLIP_stop_at_last_layers", 1) or 1)
+    if not call_queue.queue_lock.acquire(False):
+        return None, "T-SAM: a generation is running; analyze the prompt when it is done."
+    try:
+        with torch.no_grad():
+            targets = prompt_targets(shared.sd_model.cond_stage_model, first, power, clip_skip)
+        picture = target_picture(targets, power)
+    except Exception as error:
+        logger.debug("T-SAM analyze failure", exc_info=error)
+        return None, f"T-SAM: could not analyze the prompt ({type(error).__name__}: {error})."
+    finally:
+        call_queue.queue_lock.release()
+    tokens = sum(chunk.length for chunk in targets)
+    chunks = f" in {len(targets)} chunks" if len(targets) > 1 else ""
+    edited = f" (prompt editing: the text of the first steps, \"{first}\")" if len(schedule) > 1 else ""
+    if tokens < 2:
+        return picture, f"T of {tokens} token{edited}: T-SAM needs at least two words to align."
+    return picture, (f"T of {tokens} tokens{chunks}{edited}. Row = a word, column = an earlier word; brighter = the "
+                     f"text encoder ties them more. T-SAM makes the image's S follow this.")
 
 
 def on_cfg_denoiser(params: Any) -> None:

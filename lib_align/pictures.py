@@ -23,8 +23,13 @@ class AttentionPictures:
     similarity: Image.Image | None  # S before | S after per chunk (None when nothing was optimised)
     token_maps: Image.Image | None  # each prompt word's map of the last optimised step, over the image
 
+    def named(self) -> list[tuple[str, Image.Image]]:
+        """(short name, picture) of the pictures there are; the names suffix saved files."""
+        pairs = (("T", self.target), ("S", self.similarity), ("maps", self.token_maps))
+        return [(name, im) for name, im in pairs if im is not None]
+
     def images(self) -> list[Image.Image]:
-        return [im for im in (self.target, self.similarity, self.token_maps) if im is not None]
+        return [im for _, im in self.named()]
 
 
 def words(chunk: ChunkTarget) -> list[str]:
@@ -61,12 +66,36 @@ def token_maps_picture(maps: Tensor, targets: list[ChunkTarget], image: Image.Im
     return render_token_maps(torch.cat(parts) if parts else maps[..., :0].permute(2, 0, 1), labels, image)
 
 
+@dataclass
+class ImageAttention:
+    """What one image's pictures are drawn from, kept apart from the run that produced it (maps on the CPU)."""
+
+    targets: list[ChunkTarget]
+    before: Tensor | None = None  # [h, w, ctx] maps at the first optimised step, before its update
+    after: Tensor | None = None  # [h, w, ctx] maps of the last evaluation (after the last update when measured)
+    power: float | None = None
+    smooth: bool = True
+
+
+def image_attention(session: AlignSession | None, index: int, targets: list[ChunkTarget],
+                    power: float | None = None) -> ImageAttention:
+    """Image `index` of a batch: T always; the maps when the session recorded any."""
+    if session is None or session.first_maps is None or session.last_maps is None:
+        return ImageAttention(targets, power=power)
+    return ImageAttention(targets, session.first_maps[index].detach().cpu(), session.last_maps[index].detach().cpu(),
+                          power, session.config.smooth)
+
+
+def draw(record: ImageAttention, image: Image.Image | None) -> AttentionPictures:
+    """The pictures of one image: T, and with recorded maps S before/after and the token maps over `image`."""
+    target = target_picture(record.targets, record.power)
+    if record.before is None or record.after is None or not record.targets:
+        return AttentionPictures(target, None, None)
+    return AttentionPictures(target, similarity_pair(record.before, record.after, record.targets, record.smooth),
+                             token_maps_picture(record.after, record.targets, image))
+
+
 def session_pictures(session: AlignSession | None, index: int, targets: list[ChunkTarget],
                      image: Image.Image | None, power: float | None = None) -> AttentionPictures:
     """All pictures of image `index` of a batch. Without recorded maps only T is drawn."""
-    target = target_picture(targets, power)
-    if session is None or session.first_maps is None or session.last_maps is None or not targets:
-        return AttentionPictures(target, None, None)
-    before, after = session.first_maps[index], session.last_maps[index]
-    return AttentionPictures(target, similarity_pair(before, after, targets, session.config.smooth),
-                             token_maps_picture(after, targets, image))
+    return draw(image_attention(session, index, targets, power), image)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -140,6 +141,21 @@ def chunk_targets(
         words = list(tokens[c]) if tokens is not None else []
         out.append(ChunkTarget(offset=c * CHUNK_LENGTH, target=text_target(attn[c], eos, power), tokens=words))
     return out
+
+
+def token_labels(tokenizer: Any, ids: Sequence[int], named: Sequence[tuple[int, int, str]] = ()) -> list[str]:
+    """Labels of one chunk's prompt tokens (BOS, EOS and padding dropped: L = eos_index - 1 of them).
+
+    `named` (offset among the prompt tokens, count, name) marks textual-inversion placeholders, whose ids say
+    nothing about the word, by their embedding's name ("name", "name·2", ...).
+    """
+    eos = eos_index(torch.as_tensor(list(ids)))
+    labels = list(tokenizer.convert_ids_to_tokens(list(ids)[1:eos]))
+    for offset, count, name in named:
+        for k in range(count):
+            if 0 <= offset + k < len(labels):
+                labels[offset + k] = name if k == 0 else f"{name}·{k + 1}"
+    return labels
 
 
 def tokenize_chunks(tokenizer, prompt: str) -> tuple[Tensor, list[list[str]]]:

@@ -11,6 +11,7 @@ import dataclasses
 import html
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .config import AlignConfig
@@ -20,6 +21,38 @@ ENABLED = "enabled"  # item id of the enable switch (the accordion itself)
 # Shown at once; the other settings sit in a closed "Advanced" accordion. A layout choice, not a list of settings.
 MAIN = ("preset", "step_size", "steps_fraction", "loss_form", "power", "refine", "refine_iters")
 HINTS_CLASS = "tsam-hints"  # javascript/t_sam.js reads the hover texts from this hidden element
+SHOW_ATTENTION = "show_attention"  # item id, and the API dict's name, of the "Show attention" switch
+VIEW_HINTS = {
+    SHOW_ATTENTION: "Adds pictures after each image: T (what the text encoder ties together), S before and after "
+                    "T-SAM (what the image does) and where each word lands. Saved only when 'Always save all "
+                    "generated images' is on. Costs one more short UNet pass per image batch.",
+    "analyze": "Shows T for the prompt above now, from the text encoder alone (no sampling): check whether it "
+               "already ties 'black' to 'car' before you generate.",
+}
+
+# "Analyze prompt": (prompt text, power) -> (picture or None, one line for the user). Supplied by the host adapter.
+Analyze = Callable[[str, float], tuple[Any, str]]
+
+
+@dataclass
+class Controls:
+    """The accordion's components. `inputs` is the script's argument vector: [enabled, *settings, show_attention]
+    (settings in `AlignConfig.settings()` order, the order of `AlignConfig.to_args()`)."""
+
+    enabled: Any
+    settings: list[Any]
+    show_attention: Any
+    analyze: Any  # the "Analyze prompt" button
+    analysis: Any  # the picture it shows
+    note: Any  # its one-line message
+
+    @property
+    def inputs(self) -> list[Any]:
+        return [self.enabled, *self.settings, self.show_attention]
+
+    def setting(self, name: str) -> Any:
+        names = [f.name for f in AlignConfig.settings()]
+        return self.settings[names.index(name)]
 
 
 def component(gr: Any, f: dataclasses.Field, value: Any, elem_id: Callable[[str], str]) -> Any:
@@ -41,6 +74,7 @@ def hints(elem_id: Callable[[str], str]) -> dict[str, str]:
     out = {elem_id(ENABLED): "T-SAM steers the first denoising steps so that the image's cross-attention follows "
                              "the text encoder's own word structure. Closed = off: nothing runs."}
     out.update({elem_id(f.name): f.metadata["help"] for f in AlignConfig.settings()})
+    out.update({elem_id(name): text for name, text in VIEW_HINTS.items()})
     return out
 
 
@@ -56,12 +90,24 @@ def preset_values(name: str) -> list[Any]:
     return [v for f, v in zip(AlignConfig.settings(), config.to_args(), strict=True) if f.name != "preset"]
 
 
-def build(gr: Any, input_accordion: Any, elem_id: Callable[[str], str]) -> tuple[Any, list[Any]]:
-    """Create the accordion. Returns (the enable switch, the setting components in `AlignConfig.settings()` order)
-    — the script's argument vector is `[enabled, *settings]`, the same order as `AlignConfig.to_args()`."""
+def analysis_handler(gr: Any, analyze: Analyze) -> Callable[[str, float], tuple[Any, str]]:
+    """The button's gradio function: the picture (shown only when there is one) and the message as HTML."""
+
+    def run(prompt: str, power: float) -> tuple[Any, str]:
+        picture, message = analyze(prompt, power)
+        return gr.update(value=picture, visible=picture is not None), html.escape(message)
+
+    return run
+
+
+def build(gr: Any, input_accordion: Any, elem_id: Callable[[str], str], prompt: Any = None,
+          analyze: Analyze | None = None) -> Controls:
+    """Create the accordion. `prompt` is the tab's prompt textbox and `analyze` the host's T-of-a-prompt function;
+    without both the "Analyze prompt" button is hidden."""
     defaults = dict(zip((f.name for f in AlignConfig.settings()), AlignConfig().to_args(), strict=True))
     fields = {f.name: f for f in AlignConfig.settings()}
     made: dict[str, Any] = {}
+    can_analyze = prompt is not None and analyze is not None
     with input_accordion(False, label=TITLE, elem_id=elem_id(ENABLED)) as enabled:
         with gr.Row():
             made["preset"] = component(gr, fields["preset"], defaults["preset"], elem_id)
@@ -73,10 +119,19 @@ def build(gr: Any, input_accordion: Any, elem_id: Callable[[str], str]) -> tuple
             for name, f in fields.items():
                 if name not in made:
                     made[name] = component(gr, f, defaults[name], elem_id)
+        with gr.Row():
+            show = gr.Checkbox(value=False, label="Show attention", elem_id=elem_id(SHOW_ATTENTION))
+            button = gr.Button(value="Analyze prompt", elem_id=elem_id("analyze"), visible=can_analyze)
+        note = gr.HTML(value="", elem_id=elem_id("analysis_note"))
+        analysis = gr.Image(label="T of the prompt", type="pil", interactive=False, visible=False,
+                            elem_id=elem_id("analysis"))
         gr.HTML(value=hints_html(elem_id))
-    controls = [made[f.name] for f in AlignConfig.settings()]
+    controls = Controls(enabled, [made[f.name] for f in AlignConfig.settings()], show, button, analysis, note)
     others = [made[f.name] for f in AlignConfig.settings() if f.name != "preset"]
     # `.input` fires on user choices only; `.change` would also fire when pasted infotext sets the preset and
     # overwrite the pasted settings with the preset's defaults.
     made["preset"].input(fn=preset_values, inputs=[made["preset"]], outputs=others, show_progress=False)
-    return enabled, controls
+    if can_analyze:
+        button.click(fn=analysis_handler(gr, analyze), inputs=[prompt, made["power"]], outputs=[analysis, note],
+                     show_progress=False)
+    return controls

@@ -16,10 +16,11 @@ a1111.register_callbacks()
 
 
 class TSamScript(scripts.Script):
-    """The "T-SAM" accordion. Argument vector: [enabled, *AlignConfig().to_args()]."""
+    """The "T-SAM" accordion. Argument vector: [enabled, *AlignConfig().to_args(), show_attention]."""
 
     section = "accordions"  # beside Hires fix and Refiner
     create_group = False  # the InputAccordion is the whole UI; no extra gr.Group around it
+    prompt_box = None  # the tab's prompt textbox, for "Analyze prompt" (created before any script's ui())
 
     def title(self):
         return TITLE  # API key: "t-sam"
@@ -27,15 +28,19 @@ class TSamScript(scripts.Script):
     def show(self, is_img2img):
         return False if is_img2img else scripts.AlwaysVisible
 
+    def after_component(self, component, **kwargs):
+        if kwargs.get("elem_id") == a1111.PROMPT_ELEM_ID:
+            self.prompt_box = component
+
     def ui(self, is_img2img):
         # Also called by the API to read defaults: build components only, register nothing global.
         import gradio as gr
         from modules.ui_components import InputAccordion
 
-        enabled, controls = build(gr, InputAccordion, self.elem_id)
-        self.infotext_fields = a1111.paste_fields(enabled, controls)
+        controls = build(gr, InputAccordion, self.elem_id, prompt=self.prompt_box, analyze=a1111.analyze_prompt)
+        self.infotext_fields = a1111.paste_fields(controls.enabled, controls.settings)
         self.paste_field_names = AlignConfig.infotext_keys()
-        return [enabled, *controls]
+        return controls.inputs
 
     def process(self, p, *args):
         a1111.process(p, args)
@@ -47,4 +52,4 @@ class TSamScript(scripts.Script):
         a1111.after_sampling(p)
 
     def postprocess(self, p, processed, *args):
-        a1111.finish(p)
+        a1111.finish(p, processed)

@@ -36,8 +36,9 @@ def test_script_identity(host):
 
 
 def test_ui_is_derived_from_the_config_table(host):
-    enabled, *controls = host.script.controls
+    enabled, *controls, show = host.script.controls
     assert enabled.label == "T-SAM" and enabled.value is False  # closed = off
+    assert show.label == "Show attention" and show.value is False  # the pictures are opt-in
     settings = AlignConfig.settings()
     assert [c.label for c in controls] == [f.metadata["label"] for f in settings]
     assert [c.value for c in controls] == AlignConfig().to_args()
@@ -70,7 +71,7 @@ def test_choosing_a_preset_loads_its_values_but_pasting_does_not(host):
     events = {name: kwargs for name, kwargs in preset.events}
     assert "change" not in events  # a pasted preset must not overwrite the pasted settings
     handler = events["input"]
-    others = [c for c in host.script.controls[2:]]
+    others = host.script.controls[2:-1]  # every setting but the preset; not the "Show attention" switch
     assert handler["outputs"] == others
     values = handler["fn"](OFFICIAL)
     assert AlignConfig.from_args([OFFICIAL, *values]) == AlignConfig.official()
@@ -81,7 +82,8 @@ def test_script_info_labels(host):
     assert info["name"] == "t-sam" and info["is_alwayson"]
     args = info["args"]
     assert args[0]["label"] == "T-SAM" and args[0]["value"] is False
-    for f, arg in zip(AlignConfig.settings(), args[1:], strict=True):
+    assert args[-1]["label"] == "Show attention" and args[-1]["value"] is False
+    for f, arg in zip(AlignConfig.settings(), args[1:-1], strict=True):
         assert arg["label"] == f.metadata["label"]
         if "minimum" in f.metadata:
             assert arg["minimum"] == f.metadata["minimum"] and arg["maximum"] == f.metadata["maximum"]
@@ -99,7 +101,7 @@ def test_infotext_round_trip(host, config):
     fields = host.runner.infotext_fields
     values = infotext_utils.paste(fields, res.infotexts[0])
     components = [field.component for field in fields]
-    ours = [values[components.index(c)] for c in host.script.controls]
+    ours = [values[components.index(c)] for c in host.script.controls[:-1]]  # "Show attention" is not pasted
     assert ours[0] is True
     assert AlignConfig.from_args(ours[1:]) == config
     # An image made without T-SAM closes the accordion when pasted, whatever was open before.

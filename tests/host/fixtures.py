@@ -40,9 +40,9 @@ def jobs(host: standin.Host, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     module = host.module
     original = module.finish
 
-    def keep(p: Any) -> None:
+    def keep(p: Any, *args: Any) -> None:
         seen.append(module.own_job(p))
-        original(p)
+        original(p, *args)
 
     monkeypatch.setattr(module, "finish", keep)
     return seen
@@ -72,7 +72,7 @@ def prehooks_left() -> int:
 
 
 def assert_normal(res: Any, count: int, width: int, height: int) -> None:
-    """A normal result: `count` images of the asked size from finite latents."""
-    assert len(res.images) == count
-    assert all(image.size == (width, height) for image in res.images)
+    """A normal result: `count` images of the asked size (after the grid, if any) from finite latents."""
+    assert len(res.images) == res.index_of_first_image + count
+    assert all(image.size == (width, height) for image in res.images[res.index_of_first_image:])
     assert res.samples is not None and bool(torch.isfinite(res.samples).all())

@@ -18,7 +18,8 @@ for path in (str(ROOT), str(HOST)):
         sys.path.remove(path)
     sys.path.insert(0, path)
 
-from modules import processing, script_callbacks, scripts, sd_samplers, shared  # noqa: E402
+import gradio  # noqa: E402 — the stand-in
+from modules import images, processing, script_callbacks, scripts, sd_samplers, shared  # noqa: E402
 from modules.sd_hijack_clip import FrozenCLIPEmbedderWithCustomWords, Hijack  # noqa: E402
 
 from lib_align.config import AlignConfig  # noqa: E402
@@ -59,8 +60,15 @@ class Host:
         scripts.load_scripts([(str(HOST), str(HOST / "xyz_grid.py")), (str(ROOT), str(ROOT / "scripts" / "t_sam.py"))])
         script_callbacks.before_ui_callback()
         self.runner = scripts.ScriptRunner()
-        self.runner.initialize_scripts(is_img2img=False)
-        self.runner.setup_ui()
+        # modules/ui.py create_ui: the tab's runner is current while its UI is built; the top row (prompt boxes)
+        # exists before any script's ui() runs, so scripts see the prompt box in after_component first.
+        scripts.scripts_current = self.runner
+        try:
+            self.runner.initialize_scripts(is_img2img=False)
+            self.prompt_box = gradio.Textbox(label="Prompt", elem_id="txt2img_prompt", lines=3)
+            self.runner.setup_ui()
+        finally:
+            scripts.scripts_current = None
         self.script = self.runner.title_map()["t-sam"]
         self.module = sys.modules["lib_align.a1111"]
         self.xyz = next(d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py")
@@ -78,7 +86,8 @@ class Host:
         if isinstance(tsam, dict):
             named = dict(tsam)
             enabled = named.pop("enabled", True)
-            tsam = [enabled, *AlignConfig.from_args(named).to_args()]
+            show = named.pop("show_attention", False)
+            tsam = [enabled, *AlignConfig.from_args(named).to_args(), show]
         script_args[self.script.args_from:self.script.args_from + len(tsam)] = list(tsam)
         return script_args
 
@@ -113,3 +122,4 @@ def reset_host_state() -> None:
     shared.cmd_opts.lowvram = False
     sd_samplers.created.clear()
     script_callbacks.reported.clear()
+    images.saved.clear()

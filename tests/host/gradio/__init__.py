@@ -45,6 +45,11 @@ class Component(Block):
         self.value = value
         self.label = label
         self.info = kwargs.get("info")
+        for hook in after_component_hooks:  # the host patches IOComponent.__init__ to call these (scripts.py)
+            hook(self, label=label, **kwargs)
+
+
+after_component_hooks: list[Any] = []
 
 
 class Checkbox(Component):
@@ -76,6 +81,17 @@ class Textbox(Component):
 
 class Number(Component):
     pass
+
+
+class Button(Component):
+    def __init__(self, value: str = "Run", **kwargs: Any) -> None:
+        super().__init__(value, **kwargs)
+
+
+class Image(Component):
+    def __init__(self, value: Any = None, **kwargs: Any) -> None:
+        super().__init__(value, **kwargs)
+        self.type = kwargs.get("type", "numpy")
 
 
 class HTML(Component):

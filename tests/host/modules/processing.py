@@ -5,8 +5,10 @@ before_process_batch, (extra networks stripped), process_batch, setup_conds, sam
 process_before_every_sampling, sampling, [hires: is_hr_pass, before_hr, process_before_every_sampling, img2img
 sampling], post_sample, decode (NaN check), postprocess_batch, postprocess_image per image — and postprocess, which an
 exception skips (it is not in a finally). Seeds give per-image noise (one generator per seed, like rng.ImageRNG);
-the infotext is built like create_infotext. Simplified: no styles, no extra networks, no face restore, no saving,
-no overrides; hires fix upscales the latent with "nearest".
+the infotext is built like create_infotext. With more than one image the gallery's grid comes first
+(opts.return_grid; `index_of_first_image` = 1), as in the host. Simplified: no styles, no extra networks, no face
+restore, images and grid are not saved (scripts' own saving goes to the recording modules.images), no overrides;
+hires fix upscales the latent with "nearest"; the grid is one row.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from PIL import Image
 
 from modules import devices, prompt_parser, scripts, sd_samplers
 from modules.infotext_utils import quote
-from modules.shared import state
+from modules.shared import opts, state
 
 opt_C, opt_f = 4, 8
 re_extra_net = re.compile(r"<(\w+):([^>]+)>")
@@ -58,6 +60,9 @@ class StableDiffusionProcessing:
     comments: dict = field(default_factory=dict)
     s_min_uncond: float = 0.0
     is_hr_pass: bool = False
+    outpath_samples: str = "outputs/txt2img-images"
+    do_not_save_samples: bool = False  # the API sets it from `save_images` (false by default there)
+    do_not_save_grid: bool = False
 
     def __post_init__(self):
         self.sampler = None
@@ -154,9 +159,10 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
 
 
 class Processed:
-    def __init__(self, p, images, infotexts, samples):
+    def __init__(self, p, images, infotexts, samples, index_of_first_image=0):
         self.images = images
         self.infotexts = infotexts
+        self.index_of_first_image = index_of_first_image
         self.info = infotexts[0] if infotexts else ""
         self.samples = samples  # stand-in only: the latents, so tests can compare them bitwise
         self.comments = "".join(f"{comment}\n" for comment in p.comments)
@@ -236,7 +242,16 @@ def process_images(p):
                 images.append(image)
             state.nextjob()
 
-    res = Processed(p, images, infotexts, torch.cat(all_samples) if all_samples else None)
+    index_of_first_image = 0
+    unwanted_grid = len(images) < 2 and opts.grid_only_if_multiple
+    if opts.return_grid and not p.do_not_save_grid and not unwanted_grid:
+        grid = Image.new("RGB", (sum(im.width for im in images), max(im.height for im in images)))
+        for i, im in enumerate(images):
+            grid.paste(im, (sum(prev.width for prev in images[:i]), 0))
+        infotexts.insert(0, infotexts[0])  # the host writes the main prompt's infotext
+        images.insert(0, grid)
+        index_of_first_image = 1
+    res = Processed(p, images, infotexts, torch.cat(all_samples) if all_samples else None, index_of_first_image)
     if p.scripts is not None:
         p.scripts.postprocess(p, res)
     return res

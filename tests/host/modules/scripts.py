@@ -2,7 +2,9 @@
 each file as a module named after it with its extension root on sys.path) and a ScriptRunner for always-on scripts
 (argument slices from p.script_args; hook exceptions are reported and the job goes on, except where the host lets
 them through). The API's argument handling (modules/api/api.py) and script-info (create_script_ui_inner) are here too.
-Simplified: no selectable scripts, no user sort order, no gr.Group around each script.
+Like the host, importing it patches gradio's component constructor so that every component created while a runner
+is `scripts_current` is passed to each script's `after_component` (the host's IOComponent_init).
+Simplified: no selectable scripts, no user sort order, no gr.Group around each script, no before_component.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import sys
 from collections import namedtuple
 from typing import Any
 
+import gradio
+
 from modules import script_callbacks
 
 AlwaysVisible = object()
+scripts_current: Any = None  # the runner whose tab's UI is being built (modules/ui.py sets it per tab)
 ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
 scripts_data: list[ScriptClassData] = []
 
@@ -84,6 +89,9 @@ class Script:
         pass
 
     def before_hr(self, p, *args):
+        pass
+
+    def after_component(self, component, **kwargs):
         pass
 
     def elem_id(self, item_id):
@@ -209,6 +217,22 @@ class ScriptRunner:
 
     def before_hr(self, p):
         self._run("before_hr", p)
+
+    def after_component(self, component: Any, **kwargs: Any) -> None:
+        for script in self.scripts:
+            try:
+                script.after_component(component, **kwargs)
+            except Exception as error:
+                self.errors.append(f"Error running after_component: {script.filename}: {error!r}")
+
+
+def _after_component(component: Any, **kwargs: Any) -> None:
+    if scripts_current is not None:
+        scripts_current.after_component(component, **kwargs)
+
+
+if _after_component not in gradio.after_component_hooks:
+    gradio.after_component_hooks.append(_after_component)
 
 
 def api_arg(control: Any) -> dict[str, Any]:

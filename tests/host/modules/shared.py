@@ -22,6 +22,11 @@ class Options:
         self.s_min_uncond_all = False
         self.eta_ddim = 0.0
         self.eta_ancestral = 1.0
+        self.samples_save = True  # "Always save all generated images"
+        self.samples_format = "png"
+        self.enable_pnginfo = True
+        self.return_grid = True  # "Show grid in gallery"
+        self.grid_only_if_multiple = True
 
 
 class State:
