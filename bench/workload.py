@@ -17,7 +17,7 @@ from lib_align.config import AlignConfig
 from lib_align.models import StableDiffusion, full_size_config, import_k_diffusion, tiny_sd, widen_random_init
 from lib_align.optimizer import LatentOptimizer, LossFn, StepReport
 from lib_align.pipeline import GuidedDenoiser
-from lib_align.session import AlignSession
+from lib_align.session import AlignSession, frozen_weights
 from lib_align.text import ChunkTarget, chunk_targets, tokenize_chunks
 
 PROMPT = "a black car and a white clock"  # the README's example: 7 prompt tokens, two objects, two attributes
@@ -148,13 +148,16 @@ class Workload:
         assert report is not None and report.iterations == 1, report
         return report
 
-    def forward_with_grad(self) -> None:
-        """The official code's extra pass after refinement: a full UNet forward with grad and the loss, no backward."""
-        session = self.session(optimised=False)
+    def forward_with_grad(self, optimised: bool = False) -> None:
+        """A forward with grad and the loss, no backward. Full (optimised=False): the official code's extra pass
+        after refinement. Truncated: the forward half of an optimised iteration (what is left is its backward)."""
+        session = self.session(optimised=optimised)
         c_in = 1.0 / (self.sigma**2 + 1.0).sqrt()
         z = (self.x * c_in).detach().requires_grad_(True)
         t = self.denoiser.sigma_to_t(self.sigma)
-        with CrossAttentionCapture(self.sd.unet, self.latent_hw) as capture, torch.enable_grad(), self.autocast():
+        capture = CrossAttentionCapture(self.sd.unet, self.latent_hw, stop_early=optimised)
+        frozen = frozen_weights(self.sd.unet) if optimised else contextlib.nullcontext()
+        with capture, frozen, torch.enable_grad(), self.autocast():
             maps = capture.run(lambda: self.sd.apply_model(z, t, self.cond))
             session.losses(maps)
 

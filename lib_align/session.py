@@ -50,8 +50,8 @@ class AlignSession:
         self.last_maps: Tensor | None = None  # [B, h, w, ctx] of the latest loss evaluation
         self.thresholds = torch.tensor([loss_threshold(t, config.refine_threshold) for t in targets])
         self._capture: CrossAttentionCapture | None = None  # built at the first update: the layer walk runs once
-        # The UNet's weights stop requiring grad during our pass (see `_frozen`); the benchmark's reference (the
-        # official pipeline's structure) turns this off.
+        # The UNet's weights stop requiring grad during our pass (see `frozen_weights`); the benchmark's reference
+        # (the official pipeline's structure) turns this off.
         self.freeze_weights = True
 
     @property
@@ -88,7 +88,7 @@ class AlignSession:
             return z, None
         capture = self._capture_once()
         memory_mode = checkpointed_blocks(self.unet, capture) if self.config.low_memory else contextlib.nullcontext()
-        frozen = _frozen(self.unet) if self.freeze_weights else contextlib.nullcontext()
+        frozen = frozen_weights(self.unet) if self.freeze_weights else contextlib.nullcontext()
         with capture, memory_mode, frozen:
 
             def loss_fn(z_: Tensor) -> Tensor:
@@ -124,7 +124,7 @@ class AlignSession:
 
 
 @contextlib.contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
+def frozen_weights(module: nn.Module) -> Iterator[None]:
     """The module's weights stop requiring grad for the duration of our pass and are restored after it.
 
     `torch.autograd.grad(loss, [z])` computes no weight gradient either way, but while the weights require grad
