@@ -475,8 +475,9 @@ def finish(p: Any, processed: Any = None) -> None:
 def analyze_prompt(prompt: str, power: float) -> tuple[Image.Image | None, str]:
     """T of the txt2img prompt, from the text encoder alone: (picture or None, one line for the user).
 
-    Runs only when no generation holds the host's queue lock (the text encoder's embedding table is briefly
-    changed for textual-inversion tokens, which a running job must not see); otherwise says so and returns.
+    Runs only when no generation holds the host's queue lock (T's encoder pass briefly hooks the text encoder's
+    embedding layer for textual-inversion tokens, which a running job's encoding must not see); otherwise it says
+    so and returns at once.
     """
     reason = model_refusal(shared.sd_model)
     if reason is not None:

@@ -109,6 +109,23 @@ def assert_normal_with_pictures(res, count: int, per_image: int) -> None:
     assert all(im.size == (128, 128) for im in res.images[first:first + count])
 
 
+def test_hires_fix_pictures_show_the_first_pass_over_the_final_image(host, jobs, monkeypatch):
+    drawn = []
+    original = host.module.draw
+
+    def spy(record, image):
+        drawn.append((record, image))
+        return original(record, image)
+
+    monkeypatch.setattr(host.module, "draw", spy)
+    res, _ = host.txt2img(tsam=SHOW, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, **BASE)
+    assert len(res.images) == 1 + PICTURES and res.images[0].size == (192, 192)  # the upscaled result
+    ((record, image),) = drawn
+    assert image is res.images[0]  # the token maps lie over the final image
+    assert record.after.shape[:2] == (4, 4)  # the first pass's maps (latent 16x16 at level 4); the second pass
+    assert all(r.step < 4 for r in jobs[0].reports)  # is left alone
+
+
 def test_pictures_are_saved_only_when_every_image_is(host, monkeypatch):
     host.txt2img(tsam=SHOW, seed=5, **BASE)
     assert [entry["suffix"] for entry in images.saved] == ["-tsam-T", "-tsam-S", "-tsam-maps"]
