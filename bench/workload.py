@@ -5,7 +5,7 @@ installed but off."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,14 @@ from torch import Tensor
 
 from lib_align.capture import CrossAttentionCapture
 from lib_align.config import AlignConfig
-from lib_align.models import StableDiffusion, full_size_config, import_k_diffusion, tiny_sd, widen_random_init
+from lib_align.models import (
+    StableDiffusion,
+    count_calls,
+    full_size_config,
+    import_k_diffusion,
+    tiny_sd,
+    widen_random_init,
+)
 from lib_align.optimizer import LatentOptimizer, LossFn, StepReport
 from lib_align.pipeline import GuidedDenoiser
 from lib_align.session import AlignSession, frozen_weights
@@ -227,25 +234,6 @@ class OffRunner:
     counts: Callable[[], tuple[dict[str, int], dict[str, int]]]
 
 
-@contextlib.contextmanager
-def _counting(sd: StableDiffusion) -> Iterator[dict[str, int]]:
-    counts = {"unet_calls": 0, "text_encoder_calls": 0}
-
-    def bump(key: str) -> Callable[..., None]:
-        def hook(*_: Any) -> None:
-            counts[key] += 1
-
-        return hook
-
-    handles = [sd.unet.register_forward_pre_hook(bump("unet_calls")),
-               sd.cond_stage_model.transformer.register_forward_pre_hook(bump("text_encoder_calls"))]
-    try:
-        yield counts
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def off_runner(work: Workload, steps: int) -> OffRunner:
     if work.device.type == "cpu" and work.dtype == torch.float32:
         try:
@@ -267,9 +255,9 @@ def off_runner(work: Workload, steps: int) -> OffRunner:
 
 def _count_both(work: Workload, with_ext: Any, without_ext: Any) -> tuple[dict[str, int], dict[str, int]]:
     """Model calls made by a run with the extension and by one without it, to show the off path does no work."""
-    with _counting(work.sd) as a:
+    with count_calls(work.sd) as a:
         with_ext()
-    with _counting(work.sd) as b:
+    with count_calls(work.sd) as b:
         without_ext()
     return dict(a), dict(b)
 

@@ -13,6 +13,8 @@ import importlib.util
 import json
 import sys
 import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -286,3 +288,24 @@ def import_k_diffusion() -> types.SimpleNamespace:
         for name in stubs:
             sys.modules.pop(name, None)
     return types.SimpleNamespace(sampling=sampling, external=external)
+
+
+@contextmanager
+def count_calls(sd: StableDiffusion) -> Iterator[dict[str, int]]:
+    """Inside the block, counts forwards of the UNet and of the text encoder ("unet_calls", "text_encoder_calls"):
+    how the benchmark and the tests show what a run costs in model calls, independently of timings."""
+    counts = {"unet_calls": 0, "text_encoder_calls": 0}
+
+    def bump(key: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            counts[key] += 1
+
+        return hook
+
+    handles = [sd.unet.register_forward_pre_hook(bump("unet_calls")),
+               sd.cond_stage_model.transformer.register_forward_pre_hook(bump("text_encoder_calls"))]
+    try:
+        yield counts
+    finally:
+        for h in handles:
+            h.remove()

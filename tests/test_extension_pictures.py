@@ -28,6 +28,7 @@ from modules.ui_components import InputAccordion  # noqa: E402
 
 from lib_align import ui  # noqa: E402
 from lib_align.config import AlignConfig  # noqa: E402
+from lib_align.models import count_calls  # noqa: E402
 from lib_align.pictures import target_picture, words  # noqa: E402
 
 BASE = dict(steps=4, width=128, height=128)
@@ -36,27 +37,11 @@ NO_SHOW = {"step_size": 40.0}
 PICTURES = 3  # T, S before/after, token maps
 
 
-class UNetCalls:
-    """Counts forwards of the UNet (the host's and T-SAM's alike)."""
-
-    def __init__(self, model) -> None:
-        self.count = 0
-        self.handle = model.sd.unet.register_forward_pre_hook(self._seen)
-
-    def _seen(self, *_args) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        self.handle.remove()
-
-
 def counted(host, prompt=standin.DEFAULT_PROMPT, **kwargs):
-    calls = UNetCalls(host.model)
-    try:
+    """(result, p, UNet calls of the job: the host's and T-SAM's alike)."""
+    with count_calls(host.model.sd) as calls:
         res, p = host.txt2img(prompt, **kwargs)
-    finally:
-        calls.close()
-    return res, p, calls.count
+    return res, p, calls["unet_calls"]
 
 
 # -- "Show attention" ------------------------------------------------------------------------------------------
@@ -207,12 +192,9 @@ def test_analyze_button_is_wired_to_the_prompt_box_and_power(host):
 
 def test_analyze_draws_t_of_the_prompt_without_sampling(host):
     event = analyze_event(host)
-    calls = UNetCalls(host.model)
-    try:
+    with count_calls(host.model.sd) as calls:
         update, note = event["fn"]("a black car and a white clock", 4.0)
-    finally:
-        calls.close()
-    assert calls.count == 0  # text encoder only
+    assert calls["unet_calls"] == 0 and calls["text_encoder_calls"] == 1  # text encoder only
     picture = update["value"]
     assert isinstance(picture, Image.Image) and update["visible"] is True
     assert "7 tokens" in note
