@@ -65,30 +65,35 @@ def tell(p: Any, message: str) -> None:
 # -- settings --------------------------------------------------------------------------------------------------
 
 
+def script_args(args: Sequence[Any]) -> tuple[Any, list[Any] | dict[str, Any], Any]:
+    """The script's argument vector as (enabled, settings, show attention), raw values.
+
+    Positional: `[enabled, *AlignConfig.to_args(), show_attention]` in `ui()` order; the API may leave trailing
+    ones out (missing settings keep the preset's defaults, a missing switch is off). The API may instead send one
+    dict in place of the first argument: "enabled" (default on), "show_attention" (default off) and named
+    settings (field names, labels or infotext keys).
+    """
+    if not args:
+        return False, [], False
+    if isinstance(args[0], Mapping):
+        named = {k: v for k, v in args[0].items() if k.lower() != SHOW_ATTENTION}
+        show = next((v for k, v in args[0].items() if k.lower() == SHOW_ATTENTION), False)
+        return args[0].get("enabled", True), named, show
+    count = len(AlignConfig.settings())
+    return args[0], list(args[1:1 + count]), args[1 + count] if len(args) > 1 + count else False
+
+
 def is_enabled(p: Any, args: Sequence[Any]) -> bool:
-    """The enable switch: the first script argument (or the API dict's "enabled", default on), unless an X/Y/Z
-    axis set `p.tsam_enabled`. Raises ValueError for an unreadable value."""
+    """The enable switch, unless an X/Y/Z axis set `p.tsam_enabled`. Raises ValueError for an unreadable value."""
     if getattr(p, "tsam_enabled", None) is not None:
         return parse_bool(p.tsam_enabled)
-    if not args:
-        return False
-    if isinstance(args[0], Mapping):
-        return parse_bool(args[0].get("enabled", True))
-    return parse_bool(args[0])
+    return parse_bool(script_args(args)[0])
 
 
 def read_config(p: Any, args: Sequence[Any]) -> AlignConfig:
-    """The settings from the script's arguments, then the X/Y/Z overrides set on p.
-
-    Positional args are `[enabled, *AlignConfig.to_args()]` in `ui()` order; the API may instead send one dict of
-    named settings in place of the first argument (`{"enabled": true, "step_size": 20}`; field names, labels or
-    infotext keys). Raises ValueError with a readable message for bad values.
-    """
-    if isinstance(args[0], Mapping):
-        named = {k: v for k, v in args[0].items() if k.lower() != SHOW_ATTENTION}
-        config = AlignConfig.from_args(named)
-    else:
-        config = AlignConfig.from_args(list(args[1:1 + len(AlignConfig.settings())]))
+    """The settings from the script's arguments (see `script_args`), then the X/Y/Z overrides set on p.
+    Raises ValueError with a readable message for bad values."""
+    config = AlignConfig.from_args(script_args(args)[1])
     overrides = {name: value for name in XYZ_FIELDS if (value := getattr(p, f"tsam_{name}", None)) is not None}
     if overrides:
         config = dataclasses.replace(config, **overrides)  # __post_init__ validates again
@@ -96,13 +101,8 @@ def read_config(p: Any, args: Sequence[Any]) -> AlignConfig:
 
 
 def shows_attention(args: Sequence[Any]) -> bool:
-    """The "Show attention" switch: the argument after the settings (or the API dict's "show_attention"); off
-    when absent, as in API calls written before it existed."""
-    if args and isinstance(args[0], Mapping):
-        value = next((v for k, v in args[0].items() if k.lower() == SHOW_ATTENTION), False)
-    else:
-        index = 1 + len(AlignConfig.settings())
-        value = args[index] if len(args) > index else False
+    """The "Show attention" switch; off when absent, as in API calls written before it existed."""
+    value = script_args(args)[2]
     return parse_bool(value) if value is not None else False
 
 
@@ -186,9 +186,10 @@ def prompt_targets(wrapper: Any, text: str, power: float, clip_skip: int) -> lis
     tokenizer = getattr(wrapper.wrapped, "tokenizer", None)  # only for the pictures' labels
     labels = None
     if tokenizer is not None:
-        labels = [token_labels(tokenizer, chunk.tokens, [(fix.offset, len(_vectors(fix.embedding)),
-                                                          str(getattr(fix.embedding, "name", "embedding")))
-                                                         for fix in chunk.fixes]) for chunk in chunks]
+        names = [[str(getattr(fix.embedding, "name", "embedding")) for fix in chunk.fixes] for chunk in chunks]
+        labels = [token_labels(tokenizer, chunk.tokens, [(offset, len(vectors), name) for (offset, vectors), name
+                                                         in zip(fixes, chunk_names, strict=True)])
+                  for chunk, fixes, chunk_names in zip(chunks, overrides, names, strict=True)]
     return chunk_targets(wrapper.wrapped.transformer, ids, power, clip_skip, overrides, tokens=labels)
 
 
@@ -362,11 +363,9 @@ class Job:
         latest = max(ran, key=lambda s: s.history[-1].step, default=None)  # prompt editing: the last one used
         first = int(getattr(self.p, "iteration", 0)) * len(self.schedules)
         for b, schedule in enumerate(self.schedules):
-            if latest is not None:
-                record = image_attention(latest, b, latest.targets[b], self.config.power)
-            else:  # nothing was optimised (too short a prompt, T-SAM stopped): T alone still explains the prompt
-                record = ImageAttention(self.targets.get(active_text(schedule, 0), []), power=self.config.power)
-            self.attention.append((first + b, record))
+            # Nothing optimised (too short a prompt, T-SAM stopped): T alone still explains the prompt.
+            targets = latest.targets[b] if latest is not None else self.targets.get(active_text(schedule, 0), [])
+            self.attention.append((first + b, image_attention(latest, b, targets, self.config.power)))
 
     def add_pictures(self, processed: Any) -> None:
         """Append each image's pictures to the result, after all images, each with its image's infotext. Saved

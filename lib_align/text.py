@@ -149,8 +149,8 @@ def token_labels(tokenizer: Any, ids: Sequence[int], named: Sequence[tuple[int, 
     `named` (offset among the prompt tokens, count, name) marks textual-inversion placeholders, whose ids say
     nothing about the word, by their embedding's name ("name", "name·2", ...).
     """
-    eos = eos_index(torch.as_tensor(list(ids)))
-    labels = list(tokenizer.convert_ids_to_tokens(list(ids)[1:eos]))
+    ids = list(ids)
+    labels = list(tokenizer.convert_ids_to_tokens(ids[1 : eos_index(torch.tensor(ids))]))
     for offset, count, name in named:
         for k in range(count):
             if 0 <= offset + k < len(labels):

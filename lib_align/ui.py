@@ -50,10 +50,6 @@ class Controls:
     def inputs(self) -> list[Any]:
         return [self.enabled, *self.settings, self.show_attention]
 
-    def setting(self, name: str) -> Any:
-        names = [f.name for f in AlignConfig.settings()]
-        return self.settings[names.index(name)]
-
 
 def component(gr: Any, f: dataclasses.Field, value: Any, elem_id: Callable[[str], str]) -> Any:
     """One gradio input for one AlignConfig field: choices -> Radio, bool -> Checkbox, number list -> Textbox,
