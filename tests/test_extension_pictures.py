@@ -44,6 +44,12 @@ def counted(host, prompt=standin.DEFAULT_PROMPT, **kwargs):
     return res, p, calls["unet_calls"]
 
 
+def assert_normal_with_pictures(res, count: int, per_image: int) -> None:
+    first = res.index_of_first_image
+    assert len(res.images) == first + count * (1 + per_image) == len(res.infotexts)
+    assert all(im.size == (128, 128) for im in res.images[first:first + count])
+
+
 # -- "Show attention" ------------------------------------------------------------------------------------------
 
 
@@ -88,12 +94,6 @@ def test_pictures_follow_each_image_of_batches_and_the_grid(host):
     assert t_first.size != t_second.size
 
 
-def assert_normal_with_pictures(res, count: int, per_image: int) -> None:
-    first = res.index_of_first_image
-    assert len(res.images) == first + count * (1 + per_image) == len(res.infotexts)
-    assert all(im.size == (128, 128) for im in res.images[first:first + count])
-
-
 def test_hires_fix_pictures_show_the_first_pass_over_the_final_image(host, jobs, monkeypatch):
     drawn = []
     original = host.module.draw
@@ -125,18 +125,20 @@ def test_pictures_are_saved_only_when_every_image_is(host, monkeypatch):
 
 
 def test_off_adds_nothing_and_costs_nothing(host, jobs):
-    _, _, plain_calls = counted(host, **BASE)
+    with count_calls(host.model.sd) as without:
+        host.txt2img_without_extension(**BASE)
+    plain_calls = without["unet_calls"]
     res_off, _, off_calls = counted(host, tsam=None, **BASE)
     res_hidden, _, hidden_calls = counted(host, tsam=NO_SHOW, **BASE)
     old_api = [True, *AlignConfig.from_args(NO_SHOW).to_args()]  # args from before the switch existed
     res_old, _, old_calls = counted(host, tsam=old_api, **BASE)
     res_shown, _, shown_calls = counted(host, tsam=SHOW, **BASE)
     assert len(res_off.images) == len(res_hidden.images) == len(res_old.images) == 1
-    assert off_calls == plain_calls  # extension installed, T-SAM closed: the host's calls only
+    assert off_calls == plain_calls  # installed, T-SAM closed: the calls of the host without the extension
     assert hidden_calls == old_calls  # the switch off does exactly what T-SAM did without it
     assert shown_calls == hidden_calls + 1  # on: one short pass for S after, nothing else
-    off, closed, hidden, old, shown = jobs
-    assert off is None and closed is None
+    closed, hidden, old, shown = jobs
+    assert closed is None
     assert hidden.show is False and old.show is False and hidden.attention == [] and shown.show is True
     assert images.saved and all(entry["suffix"].startswith("-tsam-") for entry in images.saved)
     assert len(images.saved) == PICTURES  # only the run with the switch on saved pictures
