@@ -14,7 +14,10 @@ from torch import Tensor
 
 from lib_align.capture import CrossAttentionCapture
 from lib_align.config import AlignConfig
-from lib_align.models import (
+from lib_align.optimizer import LatentOptimizer, LossFn, StepReport
+from lib_align.session import AlignSession, frozen_weights
+from lib_align.text import ChunkTarget, chunk_targets, tokenize_chunks
+from standalone.models import (
     StableDiffusion,
     count_calls,
     full_size_config,
@@ -22,10 +25,7 @@ from lib_align.models import (
     tiny_sd,
     widen_random_init,
 )
-from lib_align.optimizer import LatentOptimizer, LossFn, StepReport
-from lib_align.pipeline import GuidedDenoiser
-from lib_align.session import AlignSession, frozen_weights
-from lib_align.text import ChunkTarget, chunk_targets, tokenize_chunks
+from standalone.pipeline import GuidedDenoiser
 
 PROMPT = "a black car and a white clock"  # the README's example: 7 prompt tokens, two objects, two attributes
 
@@ -186,7 +186,7 @@ class Workload:
     # -- whole samplings -----------------------------------------------------------------------------------------
     def sample(self, config: AlignConfig | None, steps: int, *, reference: bool = False,
                on_call: Callable[[], None] | None = None) -> Sampling:
-        """A txt2img sampling (Euler, CFG, no decode) as `lib_align.pipeline.generate` runs it, timed as a whole:
+        """A txt2img sampling (Euler, CFG, no decode) as `standalone.pipeline.generate` runs it, timed as a whole:
         text encoding, T (with T-SAM), every step. reference=True: our optimisations off and the official code's
         control flow (full UNet forward, weights requiring grad, the extra forward after refinement). `on_call`
         runs before every denoiser call (the stand-in for an `on_cfg_denoiser` callback that returns at once)."""

@@ -17,6 +17,6 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from lib_align.models import tiny_sd
+    from standalone.models import tiny_sd
 
     return tiny_sd(seed=0)

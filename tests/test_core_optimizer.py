@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib_align import AlignConfig, AlignSession, LatentOptimizer
-from lib_align.pipeline import encode, prompt_targets
+from standalone.pipeline import encode, prompt_targets
 
 PROMPT = "a black car and a white clock"
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "lib_align", "--out", str(tmp_path), "--steps", "6", "--size", "128x96",
+    cmd = [sys.executable, "-m", "standalone", "--out", str(tmp_path), "--steps", "6", "--size", "128x96",
            "--cpu-threads", "2", *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 

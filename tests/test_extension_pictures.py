@@ -28,8 +28,8 @@ from modules.ui_components import InputAccordion  # noqa: E402
 
 from lib_align import ui  # noqa: E402
 from lib_align.config import AlignConfig  # noqa: E402
-from lib_align.models import count_calls  # noqa: E402
 from lib_align.pictures import target_picture, words  # noqa: E402
+from standalone.models import count_calls  # noqa: E402
 
 BASE = dict(steps=4, width=128, height=128)
 SHOW = {"step_size": 40.0, "show_attention": True}

@@ -20,10 +20,10 @@ from modules.script_callbacks import ScriptCallback  # noqa: E402
 from modules.sd_hijack_clip import Embedding  # noqa: E402
 
 from lib_align.config import OFFICIAL, AlignConfig  # noqa: E402
-from lib_align.models import import_k_diffusion  # noqa: E402
-from lib_align.pipeline import generate  # noqa: E402
 from lib_align.session import AlignSession  # noqa: E402
 from lib_align.text import chunk_targets  # noqa: E402
+from standalone.models import import_k_diffusion  # noqa: E402
+from standalone.pipeline import generate  # noqa: E402
 
 SAMPLERS = ["Euler", "Euler a", "DPM++ 2M", "Heun", "DDIM"]
 BASE = dict(steps=6, width=128, height=128)  # 16x16 latents

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from lib_align.models import clip_tokenizer, import_k_diffusion, load_sd_state_dict, tiny_sd
+from standalone.models import clip_tokenizer, import_k_diffusion, load_sd_state_dict, tiny_sd
 
 
 def test_tokenizer_gives_the_real_clip_ids():

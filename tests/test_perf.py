@@ -15,11 +15,11 @@ import torch
 
 from lib_align.capture import CrossAttentionCapture, attention_probs, checkpointed_blocks
 from lib_align.config import AlignConfig
-from lib_align.models import import_k_diffusion
 from lib_align.optimizer import LatentOptimizer, StepReport, loss_and_grad
-from lib_align.pipeline import encode, generate, prompt_targets
 from lib_align.session import AlignSession
 from lib_align.text import tokenize_chunks
+from standalone.models import import_k_diffusion
+from standalone.pipeline import encode, generate, prompt_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a black car and a white clock"

@@ -7,8 +7,8 @@ import torch
 
 from lib_align import AlignConfig, AlignSession
 from lib_align.pictures import session_pictures, target_picture, words
-from lib_align.pipeline import encode, prompt_targets
 from lib_align.visualize import matrix_layout, token_grid_layout
+from standalone.pipeline import encode, prompt_targets
 
 
 @pytest.mark.parametrize(("prompt", "lengths"), [

@@ -6,9 +6,9 @@ from __future__ import annotations
 import inspect
 from collections import namedtuple
 
-from lib_align.models import import_k_diffusion
 from modules import shared
 from modules.shared import state
+from standalone.models import import_k_diffusion
 
 SamplerDataTuple = namedtuple("SamplerData", ["name", "constructor", "aliases", "options"])
 

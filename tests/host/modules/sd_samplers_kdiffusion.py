@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import inspect
 
-from lib_align.models import import_k_diffusion
 from modules import sd_samplers_common
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
+from standalone.models import import_k_diffusion
 
 samplers_k_diffusion = [
     ("Euler a", "sample_euler_ancestral", ["k_euler_a"], {"uses_ensd": True}),

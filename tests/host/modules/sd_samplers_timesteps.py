@@ -7,9 +7,9 @@ import inspect
 
 import torch
 
-from lib_align.models import import_k_diffusion
 from modules import sd_samplers_common, shared
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
+from standalone.models import import_k_diffusion
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Demo: `python -m lib_align --prompt "a black car and a white clock" --out out/demo`.
+"""Demo: `python -m standalone --prompt "a black car and a white clock" --out out/demo`.
 
 Runs T-SAM end to end outside the web UI on an SD1-architecture model and writes the image, T, S before/after and
 the loss per optimised step. Without --ckpt the model is small and randomly initialised: the image is noise, and
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, AlignConfig
-from .loss import similarity_matrix
+from lib_align.config import PRESETS, AlignConfig
+from lib_align.loss import similarity_matrix
 
 DEFAULT_PROMPT = "a black car and a white clock"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m lib_align", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m standalone", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--negative", default="")
@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from .pictures import session_pictures, words
+    from lib_align.pictures import session_pictures, words
+    from lib_align.visualize import render_matrix
+
     from .pipeline import generate
-    from .visualize import render_matrix
 
     sd, random_weights = load_model(args)
     if random_weights:

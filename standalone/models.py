@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bpe import bytes_to_unicode
+from lib_align.bpe import bytes_to_unicode
 
 SCALE_FACTOR = 0.18215  # SD 1.x latent scaling
 

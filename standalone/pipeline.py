@@ -1,5 +1,5 @@
 """A standalone text-to-image run with T-SAM: real k-diffusion samplers, CFG, and the same session the extension
-uses. It serves the demo (`python -m lib_align`), the tests and the benchmark; A1111 never imports it."""
+uses. It serves the demo (`python -m standalone`), the tests and the benchmark; A1111 never imports it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .config import AlignConfig
+from lib_align.config import AlignConfig
+from lib_align.session import AlignSession
+from lib_align.text import ChunkTarget, chunk_targets, tokenize_chunks
+
 from .models import StableDiffusion, import_k_diffusion
-from .session import AlignSession
-from .text import ChunkTarget, chunk_targets, tokenize_chunks
 
 SAMPLERS = {
     "euler": "sample_euler",
