@@ -16,6 +16,13 @@ PAPER = "Paper"
 OFFICIAL = "Official code"
 PRESETS = (PAPER, OFFICIAL)
 LOSS_FORMS = ("paper", "official")
+# Refinement rules. "official" is the released code's loop: `for cnt in range(30)`, and at cnt == 20 it stops if the
+# loss (of the 20th evaluation) is still above the threshold, else it goes on to 30 — so every refinement makes 20 or
+# 30 updates (then the regular one). "while above" updates while the loss is above the threshold, at most the cap
+# (Attend-and-Excite's rule; what this extension ran before it followed the released loop exactly).
+REFINE_OFF, REFINE_OFFICIAL, REFINE_WHILE_ABOVE = "off", "official", "while above"
+REFINE_RULES = (REFINE_OFF, REFINE_OFFICIAL, REFINE_WHILE_ABOVE)
+OFFICIAL_REFINE_CHECK = 20  # the released loop's `cnt == 20`
 
 
 def _setting(default: Any, label: str, key: str, help: str, **spec: Any) -> Any:
@@ -56,9 +63,14 @@ class AlignConfig:
         "T-SAM adjusts the latent at the first fraction of the sampling steps, where layout is decided "
         "(paper 0.5, official code 0.6).",
         minimum=0.0, maximum=1.0, step=0.05)
-    refine: bool = _setting(
-        False, "Iterative refinement", "T-SAM refine",
-        "At a few early steps repeat the update until the loss drops below the threshold (official code).")
+    refine: str = _setting(
+        REFINE_OFF, "Iterative refinement", "T-SAM refine",
+        "At a few early steps, repeat the update. official: the released code's loop (20 updates; 10 more only if "
+        "the loss is then at or below the threshold). while above: update while the loss is above the threshold, "
+        "up to the cap.",
+        choices=REFINE_RULES,
+        # Infotexts written before the rule had a name say True/False; True then meant "while above".
+        aliases={"true": REFINE_WHILE_ABOVE, "false": REFINE_OFF, "1": REFINE_WHILE_ABOVE, "0": REFINE_OFF})
     refine_at: tuple[float, ...] = _setting(
         (0.0, 0.2, 0.4), "Refinement at (fractions of the steps)", "T-SAM refine at",
         "Where refinement runs, as fractions of the sampling steps (official code: steps 0, 10, 20 of 50).",
@@ -88,7 +100,7 @@ class AlignConfig:
     def official(cls, **overrides: Any) -> AlignConfig:
         """The official code's defaults: row cosine loss, k 3, alpha 5*sqrt(linspace(1, .5)), 30/50 steps, refine."""
         base = dict(preset=OFFICIAL, loss_form="official", power=3.0, step_size=5.0, step_decay=0.5,
-                    steps_fraction=0.6, refine=True)
+                    steps_fraction=0.6, refine=REFINE_OFFICIAL)
         base.update(overrides)
         return cls(**base)
 
@@ -124,18 +136,28 @@ class AlignConfig:
         return min(total_steps, int(round(self.steps_fraction * total_steps)))
 
     def step_size_at(self, step: int, total_steps: int) -> float:
-        """alpha_i = strength * sqrt(linspace(1, decay, N)[i]) — the official code's schedule; decay 1 is constant."""
-        if total_steps <= 1:
+        """alpha_i = strength * sqrt(1 + (decay - 1) * i / N); decay 1 is constant.
+
+        The released code computes strength * sqrt(linspace(1, decay, len(scheduler.timesteps))[i]) on PNDM, whose
+        50-step schedule has len 51 (it repeats one timestep), i.e. i / 50 for N = 50. Dividing by N (not N - 1)
+        gives exactly its alpha values at N = 50 (alpha_29 = 4.2131 for strength 5, decay 0.5; linspace over N
+        entries would give 4.1955), and the same shape at any other step count.
+        """
+        if total_steps <= 0:
             return self.step_size
-        frac = 1.0 + (self.step_decay - 1.0) * step / (total_steps - 1)
+        frac = 1.0 + (self.step_decay - 1.0) * step / total_steps
         return self.step_size * math.sqrt(frac)
 
     def refinement_steps(self, total_steps: int) -> set[int]:
         """Sampling steps at which refinement runs: {0, 10, 20} of 50, scaled to other step counts."""
-        if not self.refine:
+        if self.refine == REFINE_OFF:
             return set()
         last = self.optimised_steps(total_steps)
         return {s for s in (int(round(r * total_steps)) for r in self.refine_at) if s < last}
+
+    def replace(self, **changes: Any) -> AlignConfig:
+        """A copy with some settings changed (by field name), validated like any other."""
+        return dataclasses.replace(self, **changes)
 
     # --- conversions (UI, API, infotext) --------------------------------------------------------------------
     @classmethod
@@ -154,7 +176,7 @@ class AlignConfig:
         A dict may use field names or labels/infotext keys; unknown names are an error, not silently dropped.
         """
         if isinstance(args, Mapping):
-            named = _resolve_names(args)
+            named = resolve_setting_names(args)
         else:
             fields_ = cls.settings()
             if len(args) > len(fields_):
@@ -179,30 +201,33 @@ class AlignConfig:
         return cls.from_preset(str(preset), **named)
 
 
-def _resolve_names(args: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_setting_names(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Named settings (field names, labels or infotext keys, any capitalisation) -> {field name: value}.
+    A name that is not a setting is a ValueError listing the known ones (the switch and "Show attention" are not
+    settings: `script_args` takes those out first)."""
     by_alias: dict[str, str] = {}
     for f in AlignConfig.settings():
         for alias in (f.name, f.metadata["key"], f.metadata["label"]):
             by_alias[alias.lower()] = f.name
     out: dict[str, Any] = {}
     for name, value in args.items():
-        if name.lower() in ("enabled", "enable"):
-            continue
-        if name.lower() not in by_alias:
+        if str(name).strip().lower() not in by_alias:
             known = ", ".join(f.name for f in AlignConfig.settings())
-            raise ValueError(f"T-SAM: unknown setting {name!r}; known settings: {known}")
-        out[by_alias[name.lower()]] = value
+            raise ValueError(f"T-SAM: unknown setting {name!r}; known: enabled, show_attention, {known}")
+        out[by_alias[str(name).strip().lower()]] = value
     return out
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     kind = f.metadata.get("kind")
     default = f.default
+    if isinstance(default, bool) and "aliases" not in f.metadata:
+        return parse_bool(value, f.metadata["label"])  # its own message names the accepted words
     try:
         if kind == "floats":
             return parse_floats(value)
-        if isinstance(default, bool):
-            return parse_bool(value)
+        if "aliases" in f.metadata and str(value).strip().lower() in f.metadata["aliases"]:
+            return f.metadata["aliases"][str(value).strip().lower()]
         if isinstance(default, int):
             number = float(value)
             if number != int(number):
@@ -218,15 +243,20 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         raise ValueError(f"T-SAM: {f.metadata['label']} got an unreadable value {value!r}") from None
 
 
-def parse_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off", ""):
-            return False
-        raise ValueError(value)
-    return bool(value)
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+
+
+def parse_bool(value: Any, name: str = "value") -> bool:
+    """The one rule for every boolean we read (positional API args, named API args, infotext, X/Y/Z): a bool, 0/1,
+    or one of true/false, yes/no, on/off, 1/0 in any capitalisation. Anything else is a ValueError naming `name`."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise ValueError(f"T-SAM: {name} must be true or false (also yes/no, on/off, 1/0), not {value!r}")
 
 
 def parse_floats(value: Any) -> tuple[float, ...]:

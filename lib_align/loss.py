@@ -10,9 +10,15 @@ from .text import ChunkTarget
 
 
 def gaussian_kernel(size: int = 3, sigma: float = 0.5) -> Tensor:
-    """The normalised 2-D Gaussian Attend-and-Excite and T-SAM smooth maps with."""
+    """The 2-D smoothing kernel of Attend-and-Excite's `GaussianSmoothing`, which T-SAM's released code reuses.
+
+    Per dimension g(x) = exp(-((x - mu) / (2 sigma))^2), mu = (size - 1) / 2; the 2-D kernel is the outer product,
+    normalised to sum 1. Note 2*sigma inside the square, not the textbook 2*sigma^2 outside it: for sigma 0.5 the
+    1-D weights are [0.212, 0.576, 0.212], not [0.107, 0.787, 0.107]. It is their kernel we must match, since the
+    step sizes were tuned with it (the constant 1/(sigma sqrt(2 pi)) factor cancels in the normalisation).
+    """
     coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = torch.exp(-((coords / (2 * sigma)) ** 2))
     g = g / g.sum()
     return g[:, None] * g[None, :]
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .config import AlignConfig
+from .config import OFFICIAL_REFINE_CHECK, REFINE_OFFICIAL, REFINE_WHILE_ABOVE, AlignConfig
 
 LossFn = Callable[[Tensor], Tensor]  # z [B, C, h, w] (requires grad) -> per-image losses [B]
 IterationCallback = Callable[[int, int], None]  # (iteration, planned iterations); may raise to interrupt
+Evaluation = tuple[Tensor, "Tensor | None"]  # per-image losses and the gradient w.r.t. z at one z
 
 
 @dataclass
@@ -64,36 +65,19 @@ class LatentOptimizer:
     ) -> tuple[Tensor, StepReport]:
         """One sampling step's optimisation; returns the new z (a new tensor) and a report.
 
-        Refinement steps first iterate while any image's loss is above its `threshold` [B] (at most
-        refine_iters), then the regular single update follows, as in the official code. A non-finite loss or
-        gradient for an image leaves that image's latent as it was.
+        At a refinement step the refinement loop (the config's rule, see `_refine`) runs first, then the regular
+        single update follows, as in the official code. A non-finite loss or gradient for an image leaves that
+        image's latent as it was.
         """
         cfg = self.config
         alpha = cfg.step_size_at(step, self.total_steps)
         report = StepReport(step=step, step_size=alpha)
         z = z.detach()
-        planned = 1 + (cfg.refine_iters if step in self.refine_steps else 0)
-        known: tuple[Tensor, Tensor | None] | None = None  # loss and gradient at the current z, while z is unmoved
-        if step in self.refine_steps:
-            for _ in range(cfg.refine_iters):
-                losses, grad = loss_and_grad(z, loss_fn)
-                known = (losses, grad)
-                if not report.loss_before:
-                    report.loss_before = losses.tolist()
-                if grad is None:
-                    break
-                pending = torch.ones_like(losses, dtype=torch.bool)
-                if threshold is not None:
-                    # The official code's check here looks inverted (it gives up when the loss is still high);
-                    # we refine while the loss is above the threshold, as Attend-and-Excite does.
-                    pending = losses > threshold.to(losses.device)
-                if not bool(pending.any()):
-                    break
-                z = self._update(z, grad, losses, alpha, report, mask=pending)
-                known = None
-                report.iterations += 1
-                if on_iteration is not None:
-                    on_iteration(report.iterations, planned)
+        refining = step in self.refine_steps
+        planned = 1 + (cfg.refine_iters if refining else 0)
+        known: Evaluation | None = None  # loss and gradient at the current z, while z is unmoved
+        if refining:
+            z, known = self._refine(z, loss_fn, threshold, alpha, report, planned, on_iteration)
         # A refinement that stopped on convergence has just evaluated this very z: its loss and gradient are
         # reused rather than paying another UNet forward and backward for the same numbers.
         losses, grad = known if known is not None else loss_and_grad(z, loss_fn)
@@ -108,6 +92,45 @@ class LatentOptimizer:
             with torch.no_grad():
                 report.loss_after = loss_fn(z.detach()).detach().tolist()
         return z, report
+
+    def _refine(self, z: Tensor, loss_fn: LossFn, threshold: Tensor | None, alpha: float, report: StepReport,
+                planned: int, on_iteration: IterationCallback | None) -> tuple[Tensor, Evaluation | None]:
+        """The refinement loop; returns z and, when its last evaluation was at that very z, (loss, grad) there.
+
+        Rules (per image: the released code refines each image of a batch on its own; here each row has a mask):
+        - official — the released loop: `for cnt in range(cap)`: at cnt == 20 an image stops if the loss of its
+          latest evaluation (the 20th, taken before the 20th update) is above the threshold; otherwise evaluate and
+          update. So 20 updates, or the cap (30) for an image that was already at or below the threshold.
+        - while above — evaluate; images whose loss is above the threshold are updated; stop when none is or at
+          the cap.
+        """
+        cfg = self.config
+        rule = cfg.refine
+        limit = None if threshold is None else threshold.detach()
+        active: Tensor | None = None  # rows still refining (official rule)
+        losses: Tensor | None = None
+        for cnt in range(cfg.refine_iters):
+            if rule == REFINE_OFFICIAL and cnt == OFFICIAL_REFINE_CHECK and losses is not None and limit is not None:
+                active = active & ~(losses > limit.to(losses.device))
+            if active is not None and not bool(active.any()):
+                return z, None  # every image stopped at the check; z moved after the last evaluation
+            losses, grad = loss_and_grad(z, loss_fn)
+            if active is None:
+                active = torch.ones_like(losses, dtype=torch.bool)
+            if not report.loss_before:
+                report.loss_before = losses.tolist()
+            if grad is None:
+                return z, (losses, grad)
+            pending = active
+            if rule == REFINE_WHILE_ABOVE and limit is not None:
+                pending = active & (losses > limit.to(losses.device))
+                if not bool(pending.any()):
+                    return z, (losses, grad)  # converged: this evaluation is at the current z
+            z = self._update(z, grad, losses, alpha, report, mask=pending)
+            report.iterations += 1
+            if on_iteration is not None:
+                on_iteration(report.iterations, planned)
+        return z, None
 
     @staticmethod
     def _update(z: Tensor, grad: Tensor, losses: Tensor, alpha: float, report: StepReport,

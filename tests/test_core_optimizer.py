@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import pytest
 import torch
 
@@ -19,10 +18,10 @@ PROMPT = "a black car and a white clock"
 def test_presets_hold_the_published_values():
     paper = AlignConfig.paper()
     assert (paper.loss_form, paper.power, paper.step_size, paper.step_decay, paper.steps_fraction, paper.refine) == (
-        "paper", 4.0, 10.0, 1.0, 0.5, False)
+        "paper", 4.0, 10.0, 1.0, 0.5, "off")
     official = AlignConfig.official()
     assert (official.loss_form, official.power, official.step_size, official.step_decay, official.steps_fraction,
-            official.refine, official.refine_iters) == ("official", 3.0, 5.0, 0.5, 0.6, True, 30)
+            official.refine, official.refine_iters) == ("official", 3.0, 5.0, 0.5, 0.6, "official", 30)
     assert AlignConfig() == paper
 
 
@@ -32,8 +31,11 @@ def test_schedules_at_50_steps_match_the_method():
     assert {paper.step_size_at(i, 50) for i in range(25)} == {10.0}
     assert paper.refinement_steps(50) == set()
     assert official.optimised_steps(50) == 30
-    expected = [5 * math.sqrt(1.0 + (0.5 - 1.0) * i / 49) for i in range(50)]  # 5*sqrt(linspace(1, .5, 50)[i])
-    assert [official.step_size_at(i, 50) for i in range(50)] == pytest.approx(expected)
+    # The released code (pipeline_stable_diffusion_x_2.py, lines 1374-1375): scale_factor * sqrt(linspace(1.0, 0.5,
+    # len(scheduler.timesteps))), and PNDM's 50-step schedule has 51 timesteps (diffusers PNDMScheduler repeats one).
+    released = 5 * np.sqrt(np.linspace(1.0, 0.5, 51))
+    assert [official.step_size_at(i, 50) for i in range(30)] == pytest.approx(released[:30].tolist(), rel=1e-12)
+    assert official.step_size_at(29, 50) == pytest.approx(4.2131, abs=1e-4)
     assert official.refinement_steps(50) == {0, 10, 20}
     assert official.refinement_steps(20) == {0, 4, 8}
 
@@ -135,17 +137,27 @@ def test_each_image_of_a_batch_uses_its_own_target(tiny_model, setup):
     assert not torch.allclose(together[0], together[1])
 
 
-def test_refinement_iterates_until_the_threshold_or_the_cap(tiny_model, setup):
+def test_while_above_refinement_iterates_until_the_threshold_or_the_cap(tiny_model, setup):
     targets, cond, z = setup
     t = torch.tensor([600.0])
     seen = []
-    capped = make_session(tiny_model, targets, AlignConfig.official(refine_iters=3, refine_threshold=0.0))
+    rule = dict(refine="while above", refine_iters=3)
+    capped = make_session(tiny_model, targets, AlignConfig.official(refine_threshold=0.0, **rule))
     _, report = capped.update(z, t, cond, 0, on_iteration=lambda i, n: seen.append((i, n)))
     assert report.iterations == 3 + 1  # three refinement iterations, then the regular update
     assert seen[-1] == (4, 4)
-    met = make_session(tiny_model, targets, AlignConfig.official(refine_iters=3, refine_threshold=1.0))
+    met = make_session(tiny_model, targets, AlignConfig.official(refine_threshold=1.0, **rule))
     _, report = met.update(z, t, cond, 0)
     assert report.iterations == 1  # the loss is already below 1.0 * (L-1): only the regular update
+
+
+def test_refinement_rule_is_a_setting_and_old_infotexts_keep_their_meaning():
+    assert AlignConfig.from_args({"refine": "while above"}).refine == "while above"
+    # Images made before the rule had a name carry "T-SAM refine: True", which then meant "while above".
+    assert AlignConfig.from_infotext({"T-SAM preset": "Official code", "T-SAM refine": "True"}).refine == "while above"
+    assert AlignConfig.from_infotext({"T-SAM refine": "False"}).refine == "off"
+    with pytest.raises(ValueError, match="Iterative refinement must be one of off, official, while above"):
+        AlignConfig.from_args({"refine": "sometimes"})
 
 
 def test_interrupt_from_the_progress_callback_propagates_and_leaves_no_hooks(tiny_model, setup):

@@ -189,7 +189,7 @@ def counted(loss_fn, calls):
 
 def test_refinement_that_converges_reuses_its_last_evaluation_with_the_same_result():
     """A quadratic loss falling by a known factor per update: the loop converges after exactly 3 updates."""
-    config = AlignConfig.official(refine_iters=10, step_size=0.25, step_decay=1.0)
+    config = AlignConfig.official(refine="while above", refine_iters=10, step_size=0.25, step_decay=1.0)
     z0 = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
 
     def loss_fn(z):
@@ -210,7 +210,7 @@ def test_refinement_that_converges_reuses_its_last_evaluation_with_the_same_resu
 
 
 def test_refinement_without_convergence_still_evaluates_the_refined_latent():
-    config = AlignConfig.official(refine_iters=3, step_size=0.25)
+    config = AlignConfig.official(refine="while above", refine_iters=3, step_size=0.25)
     z0 = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2))
     calls_new: list[int] = []
     calls_old: list[int] = []
@@ -226,7 +226,7 @@ def test_refinement_without_convergence_still_evaluates_the_refined_latent():
 
 def test_refinement_on_the_unet_gives_the_previous_latent_with_one_pass_less(tiny_model, setting):
     """On the tiny UNet, with the threshold set where the loop converges after a few updates."""
-    probe = session(tiny_model, setting, AlignConfig.official(refine_iters=4))
+    probe = session(tiny_model, setting, AlignConfig.official(refine="while above", refine_iters=4))
     probe.thresholds = torch.tensor([-1.0])  # never converges: record the loss at each evaluation
     seen: list[float] = []
     sigma_to_t = setting["denoiser"].sigma_to_t
@@ -243,7 +243,7 @@ def test_refinement_on_the_unet_gives_the_previous_latent_with_one_pass_less(tin
     threshold = min(seen[:4])  # the loop stops at the first evaluation reaching this loss
     out = {}
     for name, cls in (("new", LatentOptimizer), ("previous", PreviousOptimizer)):
-        s = session(tiny_model, setting, AlignConfig.official(refine_iters=4))
+        s = session(tiny_model, setting, AlignConfig.official(refine="while above", refine_iters=4))
         s.optimizer = cls(s.config, 10)
         s.thresholds = torch.tensor([threshold])
         calls: list[int] = []
