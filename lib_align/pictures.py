@@ -40,10 +40,19 @@ def _label(title: str, index: int, count: int) -> str:
     return title if count == 1 else f"{title} (chunk {index + 1})"
 
 
-def target_picture(targets: list[ChunkTarget], power: float | None = None) -> Image.Image:
-    """T of every chunk of one prompt, labelled with its words."""
-    title = "T (text self-attention)" if power is None else f"T (text self-attention, power {power:g})"
-    return render_matrices([(c.target, words(c), _label(title, i, len(targets))) for i, c in enumerate(targets)])
+def target_picture(targets: list[ChunkTarget], power: float | None = None,
+                   named: list[tuple[str, list[ChunkTarget]]] | None = None) -> Image.Image:
+    """T of every chunk of one prompt, labelled with its words. `named` instead draws several T's side by side,
+    each under its own title (SDXL's "Analyze prompt": the T used and the other encoder's)."""
+    def titled(name: str) -> str:  # "T (text self-attention)" -> "T (text self-attention, power 4)"
+        if power is None:
+            return name
+        return f"{name[:-1]}, power {power:g})" if name.endswith(")") else f"{name} (power {power:g})"
+
+    panels = []
+    for name, chunks in named or [("T (text self-attention)", targets)]:
+        panels += [(c.target, words(c), _label(titled(name), i, len(chunks))) for i, c in enumerate(chunks)]
+    return render_matrices(panels)
 
 
 def similarity_pair(maps_before: Tensor, maps_after: Tensor, targets: list[ChunkTarget],

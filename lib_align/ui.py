@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import AlignConfig
+from .script_args import SHOW_ATTENTION  # item id of the "Show attention" switch (and its API dict name)
 
 TITLE = "T-SAM"  # the accordion's label, the script's title() and, lower-cased, its API key
 ENABLED = "enabled"  # item id of the enable switch (the accordion itself)
 # Shown at once; the other settings sit in a closed "Advanced" accordion. A layout choice, not a list of settings.
 MAIN = ("preset", "step_size", "steps_fraction", "loss_form", "power", "refine", "refine_iters")
 HINTS_CLASS = "tsam-hints"  # javascript/t_sam.js reads the hover texts from this hidden element
-SHOW_ATTENTION = "show_attention"  # item id, and the API dict's name, of the "Show attention" switch
+
 VIEW_HINTS = {
     SHOW_ATTENTION: "Adds pictures after each image: T (what the text encoder ties together), S before and after "
                     "T-SAM (what the image does) and where each word lands. Saved only when 'Always save all "

@@ -22,7 +22,8 @@ import gradio  # noqa: E402 — the stand-in
 import standin  # noqa: E402
 from fixtures import *  # noqa: E402, F403 — pytest fixtures
 from fixtures import assert_normal  # noqa: E402
-from modules import call_queue, images, scripts, shared  # noqa: E402
+from modules import call_queue, images, shared  # noqa: E402
+from modules.api import api  # noqa: E402
 from modules.sd_hijack_clip import Embedding  # noqa: E402
 from modules.ui_components import InputAccordion  # noqa: E402
 
@@ -96,13 +97,14 @@ def test_pictures_follow_each_image_of_batches_and_the_grid(host):
 
 def test_hires_fix_pictures_show_the_first_pass_over_the_final_image(host, jobs, monkeypatch):
     drawn = []
-    original = host.module.draw
+    output = sys.modules["lib_align.a1111.output"]
+    original = output.draw
 
     def spy(record, image):
         drawn.append((record, image))
         return original(record, image)
 
-    monkeypatch.setattr(host.module, "draw", spy)
+    monkeypatch.setattr(output, "draw", spy)
     res, _ = host.txt2img(tsam=SHOW, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, **BASE)
     assert len(res.images) == 1 + PICTURES and res.images[0].size == (192, 192)  # the upscaled result
     ((record, image),) = drawn
@@ -146,10 +148,10 @@ def test_off_adds_nothing_and_costs_nothing(host, jobs):
 
 
 def test_api_dict_and_positional_forms_switch_the_pictures_on(host, jobs):
-    named = scripts.api_script_args(host.runner, {"t-sam": {"args": [{"show_attention": True, "step_size": 40}]}})
+    named = api.init_script_args(host.runner, {"t-sam": {"args": [{"show_attention": True, "step_size": 40}]}})
     res, _ = host.txt2img(script_args=named, **BASE)
     assert len(res.images) == 1 + PICTURES and jobs[-1].config.step_size == 40.0
-    positional = scripts.api_script_args(host.runner, {"t-sam": {"args": [
+    positional = api.init_script_args(host.runner, {"t-sam": {"args": [
         True, *AlignConfig(step_size=40.0).to_args(), True]}})
     res, _ = host.txt2img(script_args=positional, **BASE)
     assert len(res.images) == 1 + PICTURES and jobs[-1].config.step_size == 40.0
@@ -200,8 +202,8 @@ def test_analyze_draws_t_of_the_prompt_without_sampling(host):
     picture = update["value"]
     assert isinstance(picture, Image.Image) and update["visible"] is True
     assert "7 tokens" in note
-    wrapper = shared.sd_model.cond_stage_model
-    expected = target_picture(host.module.prompt_targets(wrapper, "a black car and a white clock", 4.0, 1), 4.0)
+    family = host.module.current_family()
+    expected = target_picture(family.prompt_targets("a black car and a white clock", 4.0, 1), 4.0)
     assert picture.size == expected.size and picture.tobytes() == expected.tobytes()
     # LoRA tags are stripped like the host does; the power slider changes T.
     same, _ = event["fn"]("<lora:detail:0.8>a black car and a white clock", 4.0)
@@ -242,10 +244,10 @@ def test_without_a_prompt_box_the_button_is_hidden_and_unwired():
 
 def test_pictures_are_labelled_with_the_prompt_words_and_embedding_names(host, monkeypatch):
     wrapper = host.model.cond_stage_model
-    targets = host.module.prompt_targets(wrapper, "a black (car:1.3) and a white clock", 4.0, 1)
+    targets = host.module.current_family().prompt_targets("a black (car:1.3) and a white clock", 4.0, 1)
     assert words(targets[0]) == ["a", "black", "car", "and", "a", "white", "clock"]
     monkeypatch.setattr(wrapper.hijack.embedding_db, "ids_lookup", {})
     vec = torch.randn(2, 64, generator=torch.Generator().manual_seed(3))
     wrapper.hijack.embedding_db.register(wrapper.tokenize(["tsamstyle"])[0], Embedding(vec, "tsamstyle"))
-    (chunk,) = host.module.prompt_targets(wrapper, "a tsamstyle car", 4.0, 1)
+    (chunk,) = host.module.current_family().prompt_targets("a tsamstyle car", 4.0, 1)
     assert words(chunk) == ["a", "tsamstyle", "tsamstyle·2", "car"] and chunk.length == 4

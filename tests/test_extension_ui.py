@@ -19,6 +19,7 @@ import gradio  # noqa: E402 — the stand-in
 import standin  # noqa: E402
 from fixtures import *  # noqa: E402, F403 — pytest fixtures
 from modules import infotext_utils, script_callbacks, scripts  # noqa: E402
+from modules.api import api  # noqa: E402
 
 from lib_align.config import OFFICIAL, PAPER, AlignConfig  # noqa: E402
 from lib_align.ui import HINTS_CLASS  # noqa: E402
@@ -112,9 +113,9 @@ def test_infotext_round_trip(host, config):
 
 def test_api_positional_and_dict_forms_reach_process_identically(host, jobs):
     official = AlignConfig.official(step_size=7.0)
-    positional = scripts.api_script_args(host.runner, {"T-SAM": {"args": [True, *official.to_args()]}})
-    named = scripts.api_script_args(host.runner, {"t-sam": {"args": [{"preset": OFFICIAL, "step_size": 7}]}})
-    by_label = scripts.api_script_args(host.runner, {"t-sam": {"args": [
+    positional = api.init_script_args(host.runner, {"T-SAM": {"args": [True, *official.to_args()]}})
+    named = api.init_script_args(host.runner, {"t-sam": {"args": [{"preset": OFFICIAL, "step_size": 7}]}})
+    by_label = api.init_script_args(host.runner, {"t-sam": {"args": [
         {"enabled": "true", "Preset": OFFICIAL, "T-SAM strength": "7"}]}})
     infotexts = []
     for script_args in (positional, named, by_label):
@@ -123,12 +124,12 @@ def test_api_positional_and_dict_forms_reach_process_identically(host, jobs):
     assert [job.config for job in jobs] == [official] * 3
     assert infotexts[0] == infotexts[1] == infotexts[2]
     # Only the switch given: the other positions keep the components' defaults (the paper preset).
-    host.txt2img(script_args=scripts.api_script_args(host.runner, {"t-sam": {"args": [True]}}), **SMALL)
+    host.txt2img(script_args=api.init_script_args(host.runner, {"t-sam": {"args": [True]}}), **SMALL)
     assert jobs[-1].config == AlignConfig()
 
 
 def test_api_dict_can_switch_off(host, jobs):
-    res, _ = host.txt2img(script_args=scripts.api_script_args(host.runner, {"t-sam": {"args": [{"enabled": False}]}}),
+    res, _ = host.txt2img(script_args=api.init_script_args(host.runner, {"t-sam": {"args": [{"enabled": False}]}}),
                           **SMALL)
     assert jobs == [None]
     assert "T-SAM" not in res.infotexts[0]
@@ -136,7 +137,7 @@ def test_api_dict_can_switch_off(host, jobs):
 
 @pytest.mark.parametrize("args", [[{"step_size": "lots"}], [{"no such setting": 1}], [True, "Paper", "paper", 99.0]])
 def test_bad_api_values_give_a_message_and_a_normal_image(host, tsam_log, args):
-    res, _ = host.txt2img(script_args=scripts.api_script_args(host.runner, {"t-sam": {"args": args}}), **SMALL)
+    res, _ = host.txt2img(script_args=api.init_script_args(host.runner, {"t-sam": {"args": args}}), **SMALL)
     assert len(res.images) == 1 and "T-SAM preset" not in res.infotexts[0]
     assert "T-SAM:" in res.comments and "generating without T-SAM" in res.comments
     assert any(r.getMessage().startswith("T-SAM: ") for r in tsam_log.records)

@@ -246,18 +246,3 @@ def api_arg(control: Any) -> dict[str, Any]:
     if choices is not None:
         info["choices"] = [x[0] if isinstance(x, tuple) else x for x in choices]
     return info
-
-
-def api_script_args(runner: ScriptRunner, alwayson_scripts: dict[str, dict]) -> list[Any]:
-    """modules/api/api.py init_script_args: defaults, then each always-on script's "args" placed positionally
-    (missing trailing args keep the defaults; no type checks)."""
-    script_args = runner.default_args()
-    by_title = runner.title_map()
-    for name, request in alwayson_scripts.items():
-        script = by_title.get(name.lower())
-        if script is None:
-            raise KeyError(f"always on script {name} not found")
-        args = request.get("args", [])
-        for idx in range(min(script.args_to - script.args_from, len(args))):
-            script_args[script.args_from + idx] = args[idx]
-    return script_args

@@ -1,0 +1,122 @@
+"""AUTOMATIC1111 (1.10) adapter: the only part of lib_align that imports the host's `modules.*`.
+
+This file is the list of hooks the script forwards to; each job has its own module:
+`script_args` (host-free: the argument vector), `refusals`, `job` (per-generation state and the update at each
+denoiser call), `infotext` (what an image records; paste fields), `output` ("Show attention" pictures and saving),
+`analyze` ("Analyze prompt"), `xyz` (X/Y/Z axes). Model families (SD1, ...) are in `lib_align.families`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from modules import script_callbacks
+from modules.processing import StableDiffusionProcessingTxt2Img
+
+from ..script_args import parse_script_args
+from . import infotext, output, xyz
+from .analyze import analyze_prompt
+from .common import JOB_ATTR, tell
+from .infotext import paste_fields
+from .job import Job, _hooked, current_family, own_job, unhook_stale
+from .refusals import refusal
+
+PROMPT_ELEM_ID = "txt2img_prompt"  # the txt2img prompt textbox (modules/ui_toprow.py)
+
+__all__ = ["PROMPT_ELEM_ID", "Job", "_hooked", "after_sampling", "analyze_prompt", "before_sampling", "finish",
+           "on_cfg_denoiser", "own_job", "paste_fields", "process", "register_callbacks"]
+
+
+def process(p: Any, args: Sequence[Any]) -> None:
+    """Script.process: the arguments, refusals; creates the job. Returns at once when T-SAM is off."""
+    unhook_stale()
+    own = own_job(p)
+    if own is not None:
+        own.unhook()
+    setattr(p, JOB_ATTR, None)  # a shallow copy of another p (X/Y/Z cell) never uses that p's job
+    infotext.forget(p)
+    if not isinstance(p, StableDiffusionProcessingTxt2Img):
+        return  # img2img jobs (e.g. ADetailer's nested ones given our args) are left alone quietly
+    try:
+        request = parse_script_args(args, xyz.overrides(p))
+    except ValueError as error:
+        tell(p, f"{error}; generating without T-SAM.")
+        infotext.record_skipped(p, str(error))
+        return
+    if not request.enabled:
+        return
+    reason = refusal(p)
+    if reason is not None:
+        tell(p, f"{reason}; generating without T-SAM.")
+        infotext.record_skipped(p, reason)
+        return
+    setattr(p, JOB_ATTR, Job(p, request.config, current_family(), show=request.show_attention))
+
+
+def before_sampling(p: Any) -> None:
+    """Script.process_before_every_sampling: first pass only (hires fix's second pass is left alone)."""
+    job = own_job(p)
+    if job is None:
+        return
+    job.unhook()
+    if job.stopped or getattr(p, "is_hr_pass", False):
+        return
+    try:
+        job.prepare()
+    except Exception as error:  # our failure must never fail the image
+        job.fail(error)
+
+
+def after_sampling(p: Any) -> None:
+    """Script.post_sample: the sampler is done with its x; this batch's infotext says what T-SAM did to it."""
+    job = own_job(p)
+    if job is None:
+        return
+    job.unhook()
+    if job.applied_in_batch():
+        last = max(r.step for r in job.batch_reports())
+        infotext.record_ran(p, job.config, job.stopped, last)
+    else:
+        infotext.record_skipped(p, job.skipped or job.stopped or "no step was optimised (strength 0, or no optimised "
+                                                                  "step within the sampling steps)")
+    try:
+        output.keep_attention(job)
+    except Exception as error:  # pictures are a diagnostic: never fail the image for them
+        job.show = False
+        job.say(f"could not keep the attention maps ({type(error).__name__}: {error}); no pictures.")
+
+
+def finish(p: Any, processed: Any = None) -> None:
+    """Script.postprocess: the pictures, then drop the job (not reached when the generation raised; see
+    `job.unhook_stale`)."""
+    job = own_job(p)
+    if job is None:
+        return
+    job.unhook()
+    setattr(p, JOB_ATTR, None)
+    if job.show and processed is not None:
+        try:
+            output.add_pictures(job, processed)
+        except Exception as error:
+            job.say(f"could not draw the attention pictures ({type(error).__name__}: {error}).")
+
+
+def on_cfg_denoiser(params: Any) -> None:
+    """The one `on_cfg_denoiser` callback. Jobs without T-SAM leave at the first check."""
+    job = getattr(getattr(params.denoiser, "p", None), JOB_ATTR, None)
+    if job is None or job.handle is None or job.p is not params.denoiser.p:
+        return
+    try:
+        job.on_denoiser(params)
+    except Exception as error:  # Interrupt/Skip (the host's InterruptedException) is a BaseException and passes
+        job.fail(error)
+
+
+def register_callbacks() -> None:
+    """Called once when the script file is imported. The host clears all callbacks before it (re)imports scripts;
+    removing ours first keeps a second import in the same session from adding a duplicate."""
+    script_callbacks.remove_callbacks_for_function(on_cfg_denoiser)
+    script_callbacks.remove_callbacks_for_function(xyz.add_xyz_axes)
+    script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="t_sam")
+    script_callbacks.on_before_ui(xyz.add_xyz_axes, name="t_sam_xyz")

@@ -1,0 +1,19 @@
+"""What every part of the A1111 adapter shares: the logger, the job's attribute on `p`, and how a user is told."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger("t_sam")
+
+JOB_ATTR = "tsam_job"  # the Job lives on its p; X/Y/Z cells are shallow copies of p and must not share it
+
+
+def tell(p: Any, message: str) -> None:
+    """One line in the console and, where the host supports it, under the image in the web UI."""
+    message = message.removeprefix("T-SAM: ")  # AlignConfig's own messages already carry the prefix
+    logger.warning("T-SAM: %s", message)
+    comment = getattr(p, "comment", None)
+    if callable(comment):
+        comment(f"T-SAM: {message}")

@@ -1,0 +1,93 @@
+"""Infotext: what a T-SAM image records, and how pasting it back (UI or API) restores the accordion.
+
+Honesty rule: the settings keys are written only for images whose sampling T-SAM actually changed. When the user
+turned T-SAM on but nothing was applied (a refusal, a prompt of one token, a failure before the first update), the
+image carries `T-SAM: skipped (<reason>)` instead and no settings, so pasting it reproduces it with T-SAM closed. When
+T-SAM stopped part-way, the settings are written with `T-SAM note: stopped after step k (<reason>)`.
+Keys are set per batch at `post_sample`, before the host builds that batch's infotexts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from modules.infotext_utils import PasteField
+
+from ..config import AlignConfig
+
+SKIPPED_KEY = "T-SAM"  # "skipped (reason)": the user asked for T-SAM and nothing of it ran
+NOTE_KEY = "T-SAM note"  # "stopped after step k (reason)": it ran, then stopped
+
+
+def forget(p: Any) -> None:
+    """Remove our keys: X/Y/Z cells share one extra_generation_params dict, so stale values would leak."""
+    params = getattr(p, "extra_generation_params", None)
+    if isinstance(params, dict):
+        for key in (*AlignConfig.infotext_keys(), SKIPPED_KEY, NOTE_KEY):
+            params.pop(key, None)
+
+
+def record_skipped(p: Any, reason: str) -> None:
+    forget(p)
+    p.extra_generation_params[SKIPPED_KEY] = f"skipped ({short(reason)})"
+
+
+def record_ran(p: Any, config: AlignConfig, stopped: str | None = None, last_step: int | None = None) -> None:
+    forget(p)
+    p.extra_generation_params.update(config.infotext())
+    if stopped is not None:
+        where = f"after step {last_step + 1} " if last_step is not None else ""
+        p.extra_generation_params[NOTE_KEY] = f"stopped {where}({short(stopped)})"
+
+
+def short(reason: str) -> str:
+    """A user message as an infotext value: no prefix, no trailing consequence."""
+    text = reason.removeprefix("T-SAM: ").strip().rstrip(".")
+    for tail in ("; generating without T-SAM", ". T-SAM is off for the rest of this generation",
+                 "; T-SAM stops here", "; generating the rest without T-SAM"):
+        text = text.removesuffix(tail)
+    return text
+
+
+def pasted_enabled(params: Mapping[str, Any]) -> bool:
+    """The accordion is open after pasting infotext exactly when the infotext carries T-SAM settings."""
+    return any(key in params for key in AlignConfig.infotext_keys())
+
+
+def pasted_setting(f: Any) -> Callable[[Mapping[str, Any]], Any]:
+    """A paste function for one setting: the value typed as the component holds it, or None when absent.
+
+    Typed here because the host's API path (modules/api/api.py, Api.apply_infotext) casts a string to the
+    component's value type with the type itself — bool("False") is True — while the UI path (infotext_utils
+    connect_paste) special-cases "False". Returning a bool (or float, str) makes both paths agree; an unreadable
+    value is left alone (None) rather than pasted wrong.
+    """
+    key = f.metadata["key"]
+
+    def value(params: Mapping[str, Any]) -> Any:
+        if key not in params:
+            return None
+        try:
+            config = AlignConfig.from_infotext({"T-SAM preset": params.get("T-SAM preset", "Paper"), key: params[key]})
+        except ValueError:
+            return None
+        result = getattr(config, f.name)
+        if isinstance(result, tuple):
+            return " ".join(f"{v:g}" for v in result)
+        return result
+
+    return value
+
+
+def paste_fields(enabled: Any, controls: Sequence[Any]) -> list[PasteField]:
+    """`infotext_fields` for the script: the switch plus one field per setting.
+
+    No `api=` names: the host's API sets `api` fields as attributes of its *request model* (api.py apply_infotext,
+    `setattr(request, field.api, value)`), which has no T-SAM fields and answers HTTP 500; script arguments are
+    matched by component instead (`mentioned_script_args`), which needs nothing but the component.
+    """
+    fields = [PasteField(enabled, pasted_enabled)]
+    for f, control in zip(AlignConfig.settings(), controls, strict=True):
+        fields.append(PasteField(control, pasted_setting(f)))
+    return fields

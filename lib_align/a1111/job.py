@@ -1,0 +1,234 @@
+"""One generation's T-SAM state (`Job`, kept on its `p`) and the update at each denoiser call.
+
+Where the update lands. The CFG denoiser builds `x_in` as a NEW tensor and passes that copy to `on_cfg_denoiser`
+(modules/sd_samplers_cfg_denoiser.py), so editing `params.x` alone changes one UNet call and the sampler then mixes
+D(x') with its old x. A forward pre-hook on `p.sampler.model_wrap_cfg` (registered before sampling) keeps a
+reference to the sampler's own `x` (the first argument of its forward, the sampler's loop variable); the callback
+optimises the conditional rows, writes the result into that tensor in place and rebuilds `params.x` (cond rows, then
+the uncond rows, all copies of the same x).
+
+Ownership. The callback acts only when `params.denoiser.p` owns the job, so X/Y/Z cells (shallow copies of p) and
+nested jobs (ADetailer runs whole `process_images` inside `postprocess_image`) never use another job's state.
+Cleanup: the pre-hook is removed after sampling, in postprocess, when the job fails, and — because an exception
+mid-sampling skips both hooks — when the next job starts (`unhook_stale`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from modules import devices, prompt_parser, sd_samplers_common, shared
+from torch import Tensor
+
+from ..config import AlignConfig
+from ..families import ModelFamily, family_for
+from ..optimizer import IterationCallback, StepReport
+from ..pictures import ImageAttention
+from ..session import AlignSession
+from ..text import ChunkTarget
+from .common import JOB_ATTR, logger, tell
+
+_hooked: list[Job] = []  # jobs holding a pre-hook; one whose sampling raised stays here until the next job starts
+
+
+def active_text(schedule: Sequence[Sequence[Any]], call: int) -> str:
+    """The prompt text in force at denoiser call `call`: the host's rule (prompt_parser.reconstruct_cond_batch) —
+    the first schedule entry whose end step is not before the call."""
+    for end_at_step, text in schedule:
+        if call <= end_at_step:
+            return text
+    return schedule[-1][1]
+
+
+def clip_skip(family: ModelFamily) -> int | None:
+    """The "Clip skip" setting where the host applies it to the encoder T comes from; None: its configured layer."""
+    if not family.uses_clip_skip(shared.opts):
+        return None
+    return int(getattr(shared.opts, "CLIP_stop_at_last_layers", 1) or 1)
+
+
+def current_family() -> ModelFamily | None:
+    return family_for(shared.sd_model, devices.device)
+
+
+class Job:
+    """One generation's T-SAM state."""
+
+    measure_after = False  # diagnostics: also evaluate the loss after each update (one more UNet pass per step)
+
+    def __init__(self, p: Any, config: AlignConfig, family: ModelFamily, show: bool = False) -> None:
+        self.p = p
+        self.config = config
+        self.family = family
+        self.show = show  # "Show attention": keep each image's maps and add its pictures to the result
+        self.attention: list[tuple[int, ImageAttention]] = []  # (image number in the job, what to draw)
+        self.model = shared.sd_model
+        self.targets: dict[str, list[ChunkTarget]] = {}  # per prompt text; the same job keeps model and clip skip
+        self.schedules: list[list[tuple[int, str]]] = []  # per image: (last denoiser call, text), prompt editing
+        self.sessions: dict[tuple[str, ...], AlignSession] = {}
+        self.module: Any = None  # the sampler's CFG denoiser the pre-hook sits on
+        self.handle: Any = None
+        self.sampler_x: Tensor | None = None
+        self.x_call = -1  # the denoiser call at which the pre-hook saw sampler_x
+        self.done: set[int] = set()
+        self.stopped: str | None = None
+        self.skipped: str | None = None  # why this batch had nothing to do (recorded in its infotext)
+        self.said: set[str] = set()
+        self.reports: list[StepReport] = []
+        self.batch_start = 0  # index in `reports` where the current batch's reports begin
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def say(self, message: str) -> None:
+        if message not in self.said:
+            self.said.add(message)
+            tell(self.p, message)
+
+    def stop(self, reason: str) -> None:
+        """T-SAM is off for the rest of this job; what was already applied stays (it was finite)."""
+        self.stopped = reason
+        self.say(reason)
+        self.unhook()
+
+    def fail(self, error: BaseException) -> None:
+        logger.debug("T-SAM failure", exc_info=error)
+        self.stop(f"{type(error).__name__}: {error}. T-SAM is off for the rest of this generation.")
+
+    def unhook(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+        self.handle = self.module = self.sampler_x = None
+        if self in _hooked:
+            _hooked.remove(self)
+
+    def batch_reports(self) -> list[StepReport]:
+        return self.reports[self.batch_start:]
+
+    def applied_in_batch(self) -> bool:
+        """Whether T-SAM changed this batch's latents (an update that was not refused for every image)."""
+        batch = max(1, len(self.schedules))
+        return any(r.iterations > 0 and len(r.skipped_rows) < batch for r in self.batch_reports())
+
+    # -- before sampling ---------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Text maps for this batch's prompts (and every prompt-editing variant), then the pre-hook."""
+        p, model = self.p, shared.sd_model
+        self.batch_start = len(self.reports)
+        self.skipped = None
+        if model is not self.model:
+            self.stop("the model changed after the job started; generating without T-SAM.")
+            return
+        steps = int(getattr(p, "firstpass_steps", None) or p.steps)  # schedules count denoiser calls, as the host's
+        use_old = bool(getattr(shared.opts, "use_old_scheduling", False))
+        schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(p.prompts), steps, None, use_old)
+        self.schedules = [[(int(end), str(text)) for end, text in schedule] for schedule in schedules]
+        for schedule in self.schedules:
+            for _, text in schedule:
+                if text not in self.targets:
+                    self.targets[text] = self.family.prompt_targets(text, self.config.power, clip_skip(self.family))
+        if not any(chunk.length >= 2 for chunks in self.targets.values() for chunk in chunks):
+            self.skipped = "the prompt has fewer than two tokens: nothing to align; generating without T-SAM."
+            self.say(self.skipped)
+            return
+        self.sessions.clear()
+        self.done.clear()
+        self.module = p.sampler.model_wrap_cfg
+        self.handle = self.module.register_forward_pre_hook(self._see_x, with_kwargs=True)
+        _hooked.append(self)
+
+    def _see_x(self, module: Any, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs.get("x")
+        self.sampler_x = x if isinstance(x, Tensor) else None
+        self.x_call = int(getattr(module, "step", -1))
+
+    # -- at each denoiser call ---------------------------------------------------------------------------------
+    def on_denoiser(self, params: Any) -> None:
+        denoiser = params.denoiser
+        if denoiser is not self.module or getattr(self.p, "is_hr_pass", False):
+            return
+        call = int(denoiser.step)
+        # Second-order samplers call the model total_steps/steps times per sampler step: act on the first call.
+        per_step = max(1, int(getattr(denoiser, "total_steps", 0) or 0) // max(1, int(getattr(denoiser, "steps", 1))))
+        step, extra_call = divmod(call, per_step)
+        if extra_call or step in self.done:
+            return
+        self.done.add(step)
+        session = self._session(call, int(getattr(denoiser, "steps", 0) or self.p.steps), params.x)
+        if not session.is_active(step):
+            return
+        x, batch = self.sampler_x, len(self.schedules)
+        if x is None or self.x_call != call or x.shape[0] != batch:
+            self.stop("could not reach the sampler's latent; generating the rest without T-SAM.")
+            return
+        if shared.sd_model is not self.model:
+            self.stop("the model changed during sampling (refiner?); T-SAM stops here.")
+            return
+        if torch.is_inference_mode_enabled():
+            self.stop("sampling runs under torch.inference_mode: no gradients; generating without T-SAM.")
+            return
+        rows = params.x.shape[0]
+        cond = self.family.cond_rows(params.text_cond, params.image_cond, batch)
+        if cond is None or rows % batch:
+            self.stop("unexpected conditioning rows (multi-cond or another extension); T-SAM stops here.")
+            return
+        sigma = params.sigma[:batch]
+        inner = denoiser.inner_model
+        textinfo = shared.state.textinfo
+        # "Show attention" draws S after the optimisation: one more (no-grad, truncated) pass at the last step.
+        measure = self.measure_after or (self.show and step == session.optimizer.last_step - 1)
+        progress = self._progress(step, session)
+        try:
+            if hasattr(inner, "sigma_to_t"):  # k-diffusion: sigma is a noise level and x = z / c_in
+                x_new, report = session.update_sigma_space(x, sigma, cond, step, inner.sigma_to_t,
+                                                           on_iteration=progress, measure_after=measure)
+            else:  # DDIM / PLMS / UniPC: sigma is the timestep and x already is z_t
+                x_new, report = session.update(x, sigma, cond, step, on_iteration=progress, measure_after=measure)
+        finally:
+            shared.state.textinfo = textinfo
+        if report is None:
+            return
+        self.reports.append(report)
+        if report.skipped_rows:
+            images = ", ".join(str(r + 1) for r in report.skipped_rows)
+            self.say(f"non-finite gradient (image {images}); those latents were left unchanged at that step.")
+            if len(report.skipped_rows) == batch:
+                return  # nothing was updated: leave the sampler's x exactly as it is
+        if not bool(torch.isfinite(x_new).all()):
+            self.stop("the update was not finite; T-SAM stops here.")
+            return
+        x.copy_(x_new.to(x.dtype))  # the sampler's own tensor: the update persists into its next step
+        params.x = x.repeat(rows // batch, *([1] * (x.dim() - 1))).to(params.x.dtype)
+
+    def _session(self, call: int, total_steps: int, x_in: Tensor) -> AlignSession:
+        """The session for the texts in force at this call (prompt editing switches text mid-run)."""
+        texts = tuple(active_text(schedule, call) for schedule in self.schedules)
+        session = self.sessions.get(texts)
+        if session is None:
+            family = self.family
+            session = AlignSession(family.unet, family.apply_model, [self.targets[t] for t in texts], self.config,
+                                   total_steps, (int(x_in.shape[-2]), int(x_in.shape[-1])), level=family.layout_level)
+            self.sessions[texts] = session
+        return session
+
+    def _progress(self, step: int, session: AlignSession) -> IterationCallback:
+        last = session.optimizer.last_step
+
+        def on_iteration(iteration: int, planned: int) -> None:
+            if shared.state.interrupted or shared.state.skipped:
+                raise sd_samplers_common.InterruptedException
+            shared.state.textinfo = f"T-SAM: step {step + 1}/{last}, update {iteration}/{planned}"
+
+        return on_iteration
+
+
+def own_job(p: Any) -> Job | None:
+    job = getattr(p, JOB_ATTR, None)
+    return job if isinstance(job, Job) and job.p is p else None
+
+
+def unhook_stale() -> None:
+    """A job whose sampling raised skipped post_sample and postprocess. Nested jobs (ADetailer) start only after the
+    outer sampling, in postprocess_image, when the outer job's hook is already gone, so no live hook is removed."""
+    for stale in list(_hooked):
+        stale.unhook()

@@ -1,0 +1,1 @@
+"""Mirrors modules/api/ (the package); see api.py."""
