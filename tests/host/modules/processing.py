@@ -9,6 +9,13 @@ the infotext is built like create_infotext. With more than one image the gallery
 (opts.return_grid; `index_of_first_image` = 1), as in the host. Simplified: no styles, no extra networks, no face
 restore, images and grid are not saved (scripts' own saving goes to the recording modules.images), no overrides;
 hires fix upscales the latent with "nearest"; the grid is one row.
+
+SDXL: setup_conds passes the job's width/height (and is_negative_prompt for the negative prompts) on
+prompt_parser.SdConditioning, which SDXL's get_learned_conditioning reads into `vector`; the conds are dicts.
+For the hires pass the host computes new conds from SdConditioning(hr prompts, width=hr_upscale_to_x,
+height=hr_upscale_to_y) (calculate_hr_conds); for SD1/SD2 they equal the first pass's (same prompts, no size input),
+so the stand-in keeps those and recomputes only for SDXL, whose `vector` holds the size (no hires prompt of its own,
+no hires schedule: the first pass's steps).
 """
 
 from __future__ import annotations
@@ -137,6 +144,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         if state.interrupted:
             return samples
         self.is_hr_pass = True
+        if getattr(self.sd_model, "is_sdxl", False):
+            conditioning, unconditional_conditioning = self.calculate_hr_conds()
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
         h, w = int(samples.shape[2] * self.hr_scale), int(samples.shape[3] * self.hr_scale)
         samples = torch.nn.functional.interpolate(samples, size=(h, w), mode="nearest")
@@ -152,6 +161,17 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.sampler = None
         self.is_hr_pass = False
         return samples
+
+
+    def calculate_hr_conds(self):
+        """The hires pass's (c, uc) at the upscaled size (hr_upscale_to_x/y = int(width/height * hr_scale))."""
+        width, height = int(self.width * self.hr_scale), int(self.height * self.hr_scale)
+        prompts = prompt_parser.SdConditioning(self.prompts, width=width, height=height)
+        negative = prompt_parser.SdConditioning(self.negative_prompts, width=width, height=height,
+                                                is_negative_prompt=True)
+        hr_uc = prompt_parser.get_learned_conditioning(self.sd_model, negative, self.firstpass_steps)
+        hr_c = prompt_parser.get_multicond_learned_conditioning(self.sd_model, prompts, self.firstpass_steps)
+        return hr_c, hr_uc
 
 
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):

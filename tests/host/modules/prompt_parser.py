@@ -3,7 +3,8 @@
 Simplified: the host parses prompt editing with a lark grammar (nesting, alternation `[a|b]`, hires steps); here only
 non-nested `[from:to:when]`, `[to:when]` and `[from::when]` are understood, with the host's new-scheduling rule
 (a fraction `when` is `int(when * steps)`, a whole number is a step). Emphasis parsing and AND/weights follow the
-host's rules, written independently.
+host's rules, written independently. SDXL's dict conds ({"crossattn", "vector"}) are scheduled and batched as the
+host does: one dict per schedule entry, stacked per key into a DictWithShape whose `.shape` is the crossattn shape.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ ScheduledPromptConditioning = namedtuple("ScheduledPromptConditioning", ["end_at
 
 
 class SdConditioning(list):
-    """A list of prompts with the image size attached (the host passes this to the cond functions)."""
+    """A list of prompts with the image size attached (the host passes this to the cond functions); unset fields
+    are copied from `copy_from` (default: `prompts`), so the size and the negative flag reach SDXL's
+    get_learned_conditioning through the schedule and AND splitting."""
 
     def __init__(self, prompts, is_negative_prompt=False, width=None, height=None, copy_from=None):
         super().__init__()
         self.extend(prompts)
-        self.is_negative_prompt = is_negative_prompt
-        self.width, self.height = width, height
+        if copy_from is None:
+            copy_from = prompts
+        self.is_negative_prompt = is_negative_prompt or getattr(copy_from, "is_negative_prompt", False)
+        self.width = width or getattr(copy_from, "width", None)
+        self.height = height or getattr(copy_from, "height", None)
 
 
 def get_learned_conditioning_prompt_schedules(prompts, base_steps, hires_steps=None, use_old_scheduling=False):
@@ -107,13 +113,20 @@ def get_learned_conditioning(model, prompts, steps, hires_steps=None, use_old_sc
     for schedule in get_learned_conditioning_prompt_schedules(prompts, steps, hires_steps, use_old_scheduling):
         texts = SdConditioning([text for _, text in schedule], copy_from=prompts)
         conds = model.get_learned_conditioning(texts)
-        res.append([ScheduledPromptConditioning(end, conds[i]) for i, (end, _) in enumerate(schedule)])
+        res.append([ScheduledPromptConditioning(end, _row(conds, i)) for i, (end, _) in enumerate(schedule)])
     return res
+
+
+def _row(conds, i):
+    """Row i of a batch of conds: a tensor row, or for SDXL's dict a dict of rows."""
+    return {k: v[i] for k, v in conds.items()} if isinstance(conds, dict) else conds[i]
 
 
 def get_multicond_prompt_list(prompts):
     """AND splits a prompt into sub-prompts with weights (`a AND b :0.5`)."""
-    res_indexes, flat, index_of = [], [], {}
+    res_indexes, index_of = [], {}
+    flat = SdConditioning(prompts)  # the host keeps the size and flags on the flat list of sub-prompts
+    flat.clear()
     for prompt in prompts:
         indexes = []
         for sub in re_and.split(prompt):
@@ -153,8 +166,23 @@ def _pick(schedules, current_step):
     return schedules[-1].cond
 
 
+class DictWithShape(dict):
+    """SDXL's batched conds; `.shape` is the crossattn shape, so code written for tensors can compare lengths."""
+
+    def __init__(self, x, shape=None):
+        super().__init__()
+        self.update(x)
+
+    @property
+    def shape(self):
+        return self["crossattn"].shape
+
+
 def _stack_padded(tensors):
-    """Rows of different token counts are padded by repeating their last vector, as the host does."""
+    """Rows of different token counts are padded by repeating their last vector, as the host does; SDXL's dicts
+    are stacked per key (a 1-D `vector` has the same length in every row, so it is never padded)."""
+    if isinstance(tensors[0], dict):
+        return DictWithShape({k: _stack_padded([t[k] for t in tensors]) for k in tensors[0]})
     count = max(t.shape[0] for t in tensors)
     padded = [t if t.shape[0] == count else torch.vstack([t, t[-1:].repeat(count - t.shape[0], 1)]) for t in tensors]
     return torch.stack(padded)

@@ -1,11 +1,13 @@
-"""Mirrors modules/sd_hijack_clip.py (FrozenCLIPEmbedderWithCustomWords) and, for textual inversion,
-modules/textual_inversion's EmbeddingDatabase and sd_hijack.EmbeddingsWithFixes.
+"""Mirrors modules/sd_hijack_clip.py (FrozenCLIPEmbedderWithCustomWordsBase, FrozenCLIPEmbedderWithCustomWords)
+and, for textual inversion, modules/textual_inversion's EmbeddingDatabase and sd_hijack.EmbeddingsWithFixes.
+The base class is what modules/sd_hijack_open_clip.py's wrappers (stand-in: sd_hijack_open_clip.py) build on.
 
 Faithful on what T-SAM reads: `tokenize_line(line)` -> 77-token chunks (BOS + 75 + EOS padding) with
 `.tokens`, `.multipliers`, `.fixes`; BREAK starts a chunk; comma back-tracking; emphasis multipliers scale the
 encoder OUTPUT only ("Original" emphasis); clip skip from `opts.CLIP_stop_at_last_layers`; `wrapped.transformer`.
 Simplified: the host wraps the token embedding permanently (EmbeddingsWithFixes); here the fixes are applied by a
-hook for the duration of one encode, so the shared test model is never modified.
+hook for the duration of one encode, so the shared test model is never modified. A1111 1.10 puts the chunking into
+TextConditionalModel, the base of FrozenCLIPEmbedderWithCustomWordsBase; here both are one class.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class Embedding:
     def __init__(self, vec, name):
         self.vec = vec
         self.name = name
-        self.vectors = vec.shape[0]
+        # SDXL embeddings are {"clip_l": [k, 768], "clip_g": [k, 1280]}; textual_inversion.py counts clip_g's rows.
+        self.vectors = vec["clip_g"].shape[0] if isinstance(vec, dict) else vec.shape[0]
 
 
 class EmbeddingDatabase:
@@ -61,17 +64,26 @@ class Hijack:
         self.extra_generation_params = {}
 
 
-class FrozenCLIPEmbedderWithCustomWords(torch.nn.Module):
+class FrozenCLIPEmbedderWithCustomWordsBase(torch.nn.Module):
+    """Chunking, emphasis and the forward shared by the CLIP and open_clip wrappers; subclasses set the token ids
+    (comma_token, id_start, id_end, id_pad) and implement tokenize / encode_with_transformers."""
+
     def __init__(self, wrapped, hijack):
         super().__init__()
-        self.wrapped = wrapped  # has .transformer (CLIPTextModel) and .tokenizer, like ldm's FrozenCLIPEmbedder
+        self.wrapped = wrapped
         self.hijack = hijack
         self.chunk_length = 75
-        self.tokenizer = wrapped.tokenizer
-        self.comma_token = self.tokenizer.get_vocab().get(",</w>", None)
-        self.id_start = self.tokenizer.bos_token_id
-        self.id_end = self.tokenizer.eos_token_id
-        self.id_pad = self.id_end
+        self.return_pooled = getattr(wrapped, "return_pooled", False)  # SDXL's bigG embedder sets it
+        self.comma_token = None
+        self.id_start = None
+        self.id_end = None
+        self.id_pad = None
+
+    def tokenize(self, texts):
+        raise NotImplementedError
+
+    def encode_with_transformers(self, tokens):
+        raise NotImplementedError
 
     def empty_chunk(self):
         chunk = PromptChunk()
@@ -81,9 +93,6 @@ class FrozenCLIPEmbedderWithCustomWords(torch.nn.Module):
 
     def get_target_prompt_token_count(self, token_count):
         return math.ceil(max(token_count, 1) / self.chunk_length) * self.chunk_length
-
-    def tokenize(self, texts):
-        return self.tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
 
     def tokenize_line(self, line):
         parsed = prompt_parser.parse_prompt_attention(line) if opts.emphasis != "None" else [[line, 1.0]]
@@ -151,11 +160,19 @@ class FrozenCLIPEmbedderWithCustomWords(torch.nn.Module):
             batch_chunk = [chunks[i] if i < len(chunks) else self.empty_chunk() for chunks in batch_chunks]
             self.hijack.fixes = [x.fixes for x in batch_chunk]
             zs.append(self.process_tokens([x.tokens for x in batch_chunk], [x.multipliers for x in batch_chunk]))
+        if self.return_pooled:
+            return torch.hstack(zs), zs[0].pooled
         return torch.hstack(zs)
 
     def process_tokens(self, remade_batch_tokens, batch_multipliers):
         tokens = torch.asarray(remade_batch_tokens).to(devices.device)
+        # SD2/SDXL-bigG: open_clip pads with 0 after the first EOS (SD1 pads with EOS: id_pad == id_end).
+        if self.id_end != self.id_pad:
+            for batch_pos in range(len(remade_batch_tokens)):
+                index = remade_batch_tokens[batch_pos].index(self.id_end)
+                tokens[batch_pos, index + 1:tokens.shape[1]] = self.id_pad
         z = self.encode_with_transformers(tokens)
+        pooled = getattr(z, "pooled", None)
         # sd_emphasis.EmphasisOriginal: scale each token's output, then restore the overall mean.
         multipliers = torch.asarray(batch_multipliers).to(z)
         original_mean = z.mean()
@@ -165,11 +182,26 @@ class FrozenCLIPEmbedderWithCustomWords(torch.nn.Module):
         # is noise (0/0 for an empty prompt); trained encoders never hit this, so the restoration is skipped here.
         if abs(float(new_mean)) > 1e-4 * float(z.abs().mean()):
             z = z * (original_mean / new_mean)
+        if pooled is not None:
+            z.pooled = pooled
         return z
+
+
+class FrozenCLIPEmbedderWithCustomWords(FrozenCLIPEmbedderWithCustomWordsBase):
+    def __init__(self, wrapped, hijack):
+        super().__init__(wrapped, hijack)  # wrapped has .transformer (CLIPTextModel) and .tokenizer, like ldm's
+        self.tokenizer = wrapped.tokenizer
+        self.comma_token = self.tokenizer.get_vocab().get(",</w>", None)
+        self.id_start = self.tokenizer.bos_token_id
+        self.id_end = self.tokenizer.eos_token_id
+        self.id_pad = self.id_end
+
+    def tokenize(self, texts):
+        return self.tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
 
     def encode_with_transformers(self, tokens):
         fixes, self.hijack.fixes = self.hijack.fixes, None
-        with _apply_fixes(self.wrapped.transformer, fixes):
+        with _apply_fixes(self.wrapped.transformer.get_input_embeddings(), fixes):
             outputs = self.wrapped.transformer(input_ids=tokens, output_hidden_states=opts.CLIP_stop_at_last_layers > 1)
         if opts.CLIP_stop_at_last_layers > 1:
             z = outputs.hidden_states[-opts.CLIP_stop_at_last_layers]
@@ -178,8 +210,9 @@ class FrozenCLIPEmbedderWithCustomWords(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _apply_fixes(transformer, batch_fixes):
-    """sd_hijack.EmbeddingsWithFixes' effect: embedding vectors replace the rows after each fix's offset."""
+def _apply_fixes(token_embedding, batch_fixes, textual_inversion_key="clip_l"):
+    """sd_hijack.EmbeddingsWithFixes' effect: embedding vectors replace the rows after each fix's offset. SDXL
+    embeddings hold one tensor per encoder; each encoder's EmbeddingsWithFixes picks its key (clip_l / clip_g)."""
     if not batch_fixes or not any(batch_fixes):
         yield
         return
@@ -188,14 +221,34 @@ def _apply_fixes(transformer, batch_fixes):
         rows = []
         for fixes, row in zip(batch_fixes, output, strict=True):
             for offset, embedding in fixes:
-                emb = embedding.vec.to(row)
+                vec = embedding.vec[textual_inversion_key] if isinstance(embedding.vec, dict) else embedding.vec
+                emb = vec.to(row)
                 n = min(row.shape[0] - offset - 1, emb.shape[0])
                 row = torch.cat([row[: offset + 1], emb[:n], row[offset + 1 + n:]])
             rows.append(row)
         return torch.stack(rows)
 
-    handle = transformer.get_input_embeddings().register_forward_hook(hook)
+    handle = token_embedding.register_forward_hook(hook)
     try:
         yield
     finally:
         handle.remove()
+
+
+class FrozenCLIPEmbedderForSDXLWithCustomWords(FrozenCLIPEmbedderWithCustomWords):
+    """modules/sd_hijack_clip.py (1.10.1, :370-384): SDXL's CLIP-L wrapper around sgm's FrozenCLIPEmbedder, whose
+    sd_xl_base.yaml settings are layer "hidden", layer_idx 11: z is hidden_states[11] (the penultimate layer's
+    output) with NO final layer norm. "Clip skip" reaches CLIP-L only with the "sdxl_clip_l_skip" option on
+    (shared_options.py:180, default off), and then as hidden_states[-CLIP_stop_at_last_layers]: with skip 1 that
+    is the last layer's output, not the default hidden_states[11]. The stand-in Options has no sdxl_clip_l_skip
+    (read with getattr: the host's default, False)."""
+
+    def encode_with_transformers(self, tokens):
+        fixes, self.hijack.fixes = self.hijack.fixes, None
+        with _apply_fixes(self.wrapped.transformer.get_input_embeddings(), fixes):
+            outputs = self.wrapped.transformer(input_ids=tokens, output_hidden_states=self.wrapped.layer == "hidden")
+        if getattr(opts, "sdxl_clip_l_skip", False) is True:
+            return outputs.hidden_states[-opts.CLIP_stop_at_last_layers]
+        if self.wrapped.layer == "last":
+            return outputs.last_hidden_state
+        return outputs.hidden_states[self.wrapped.layer_idx]

@@ -5,7 +5,10 @@
   and x, image_cond, sigma, text_cond, text_uncond are read back from it;
 - the inner model (k-diffusion's CompVisDenoiser, or the timestep denoiser) is called once for cond+uncond when their
   token counts match, separately otherwise; CFG is combined per image with the sub-prompt weights;
-- `self.step` counts denoiser calls and is incremented at the end.
+- `self.step` counts denoiser calls and is incremented at the end;
+- SDXL: conds are dicts (prompt_parser.DictWithShape {"crossattn", "vector"}), so `text_cond` / `text_uncond` in
+  the callback are dicts; rows are joined and sliced per key (catenate_conds / subscript_cond) and the inner model
+  gets {"crossattn", "vector", "c_concat": [image_cond]} (make_condition_dict), SD1 {"c_crossattn", "c_concat"}.
 Simplified: no masks / inpainting blend, no refiner switch, no edit (InstructPix2Pix) model, no live preview.
 """
 
@@ -16,6 +19,18 @@ import torch
 from modules import devices, prompt_parser, sd_samplers_common
 from modules.script_callbacks import CFGDenoiserParams, cfg_denoiser_callback
 from modules.shared import opts, state
+
+
+def catenate_conds(conds):
+    if not isinstance(conds[0], dict):
+        return torch.cat(conds)
+    return {key: torch.cat([x[key] for x in conds]) for key in conds[0].keys()}
+
+
+def subscript_cond(cond, a, b):
+    if not isinstance(cond, dict):
+        return cond[a:b]
+    return {key: vec[a:b] for key, vec in cond.items()}
 
 
 class CFGDenoiser(torch.nn.Module):
@@ -57,8 +72,12 @@ class CFGDenoiser(torch.nn.Module):
         batch_size = len(conds_list)
         repeats = [len(conds_list[i]) for i in range(batch_size)]
 
-        def make_condition_dict(c_crossattn, c_concat):
-            return {"c_crossattn": [c_crossattn], "c_concat": [c_concat]}
+        if isinstance(uncond, dict):  # SDXL: the sgm cond dict itself, plus the image cond (unused by the base model)
+            def make_condition_dict(c_crossattn, c_concat):
+                return {**c_crossattn, "c_concat": [c_concat]}
+        else:
+            def make_condition_dict(c_crossattn, c_concat):
+                return {"c_crossattn": [c_crossattn], "c_concat": [c_concat]}
 
         x_in = torch.cat([torch.stack([x[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [x])
         sigma_in = torch.cat([torch.stack([sigma[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [sigma])
@@ -81,13 +100,14 @@ class CFGDenoiser(torch.nn.Module):
             sigma_in = sigma_in[:-batch_size]
 
         if tensor.shape[1] == uncond.shape[1] or skip_uncond:
-            cond_in = tensor if skip_uncond else torch.cat([tensor, uncond])
+            cond_in = tensor if skip_uncond else catenate_conds([tensor, uncond])
             x_out = self.inner_model(x_in, sigma_in, cond=make_condition_dict(cond_in, image_cond_in))
         else:
             x_out = torch.zeros_like(x_in)
             rows = tensor.shape[0]
             x_out[:rows] = self.inner_model(x_in[:rows], sigma_in[:rows],
-                                            cond=make_condition_dict(tensor, image_cond_in[:rows]))
+                                            cond=make_condition_dict(subscript_cond(tensor, 0, rows),
+                                                                     image_cond_in[:rows]))
             x_out[-uncond.shape[0]:] = self.inner_model(
                 x_in[-uncond.shape[0]:], sigma_in[-uncond.shape[0]:],
                 cond=make_condition_dict(uncond, image_cond_in[-uncond.shape[0]:]))
