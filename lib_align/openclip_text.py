@@ -118,7 +118,7 @@ def openclip_chunk_targets(
     return out
 
 
-class _DecoderTokens:
+class DecoderTokens:
     """The one method lib_align.text.token_labels calls, over open_clip's `SimpleTokenizer.decoder` (id -> BPE)."""
 
     def __init__(self, decoder: dict[int, str]) -> None:
@@ -137,4 +137,4 @@ def openclip_token_labels(
     share CLIP's BPE vocabulary. Placeholder ids (0) of textual-inversion embeddings are named through `named`.
     """
     decoder = getattr(tokenizer_or_decoder, "decoder", tokenizer_or_decoder)
-    return token_labels(_DecoderTokens(decoder), ids, named)
+    return token_labels(DecoderTokens(decoder), ids, named)

@@ -1,0 +1,114 @@
+"""T-SAM through the stand-in host on each model family: SD1, SD2 (eps and v) and SDXL.
+
+The models are tiny and random (real ldm / transformers / open_clip classes; SDXL's UNet is ldm's restacked to sgm's
+layout with sgm's module names): they show the mechanics (the update reaches the sampler, the loss falls, nothing
+leaks), not image quality. The host models mirror what A1111 1.10 makes of each checkpoint (tests/host/standin.py,
+sd2_model.py, sdxl_model.py name the files). Not shown by the stand-in: A1111's real sgm package, --medvram hooks,
+and real checkpoints' attention (the defaults for SD2/SDXL are untuned on trained weights).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "host"))
+
+import standin  # noqa: E402
+from fixtures import *  # noqa: E402, F403 — pytest fixtures
+from fixtures import assert_normal, prehooks_left  # noqa: E402
+from modules import shared  # noqa: E402
+from sd2_model import HostModelSD2  # noqa: E402
+from sdxl_model import HostModelSDXL  # noqa: E402
+
+from lib_align.families import SD1, SD2, SDXL, family_for  # noqa: E402
+from standalone.sd2 import tiny_sd2  # noqa: E402
+from standalone.sdxl import tiny_sdxl  # noqa: E402
+
+BASE = dict(steps=4, width=64, height=64, seed=7)
+PROMPT = "a black car and a white clock"
+FAMILIES = ["sd1", "sd2", "sd2-v", "sdxl"]
+
+
+@pytest.fixture(scope="module")
+def family_models(tiny_model: Any) -> dict[str, Any]:
+    return {"sd1": standin.HostModel(tiny_model), "sd2": HostModelSD2(tiny_sd2(seed=0)),
+            "sd2-v": HostModelSD2(tiny_sd2(seed=1, v=True)), "sdxl": HostModelSDXL(tiny_sdxl(seed=0))}
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: Any, host: standin.Host, family_models: dict[str, Any]) -> Iterator[str]:
+    """The host with this family's model loaded (shared.sd_model), restored afterwards."""
+    saved = shared.sd_model
+    shared.sd_model = family_models[request.param]
+    try:
+        yield request.param
+    finally:
+        shared.sd_model = saved
+
+
+def test_each_family_is_detected_as_itself(family_models):
+    expected = {"sd1": SD1, "sd2": SD2, "sd2-v": SD2, "sdxl": SDXL}
+    for name, model in family_models.items():
+        assert type(family_for(model)) is expected[name], name
+
+
+def test_off_is_bitwise_the_host_without_the_extension(host, family):
+    closed, _ = host.txt2img(PROMPT, **BASE)
+    absent = host.txt2img_without_extension(PROMPT, **BASE)
+    assert torch.equal(closed.samples, absent.samples)
+    assert closed.infotexts == absent.infotexts
+
+
+def test_on_lowers_the_loss_at_every_step_and_changes_the_image(host, family, jobs, measure):
+    off, _ = host.txt2img(PROMPT, **BASE)
+    on, _ = host.txt2img(PROMPT, tsam={"step_size": 20}, **BASE)
+    job = jobs[-1]
+    assert type(job.family).__name__ == {"sd1": "SD1", "sd2": "SD2", "sd2-v": "SD2", "sdxl": "SDXL"}[family]
+    assert [r.step for r in job.reports] == [0, 1]  # the first half of 4 steps
+    for report in job.reports:
+        assert report.loss_after[0] < report.loss_before[0], report
+    assert not torch.equal(on.samples, off.samples)
+    assert_normal(on, 1, 64, 64)
+    assert "T-SAM preset: Paper" in on.infotexts[0]
+    assert prehooks_left() == 0
+
+
+def test_a_batch_of_two_prompts_aligns_each_image_to_its_own_text(host, family, jobs, measure):
+    prompts = [PROMPT, "a red cube on a blue sphere and a green cone"]
+    res, _ = host.txt2img(prompts, tsam={"step_size": 20}, batch_size=2, **BASE)
+    job = jobs[-1]
+    (session,) = job.sessions.values()
+    lengths = [sum(c.length for c in targets) for targets in session.targets]
+    assert lengths[0] != lengths[1]
+    assert all(len(r.loss_before) == 2 and all(a < b for a, b in zip(r.loss_after, r.loss_before, strict=True))
+               for r in job.reports)
+    assert_normal(res, 2, 64, 64)
+
+
+def test_hires_fix_steers_the_first_pass_only(host, family, jobs):
+    res, _ = host.txt2img(PROMPT, tsam={}, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, **BASE)
+    assert_normal(res, 1, 96, 96)
+    assert [r.step for r in jobs[-1].reports] == [0, 1]
+
+
+def test_show_attention_adds_three_pictures(host, family):
+    res, _ = host.txt2img(PROMPT, tsam={"show_attention": True}, **BASE)
+    assert len(res.images) == 1 + 3
+    assert all(text == res.infotexts[0] for text in res.infotexts[1:])
+
+
+def test_analyze_prompt_draws_t_from_the_text_encoder(host, family):
+    picture, note = host.module.analyze_prompt(PROMPT, 4.0)
+    assert picture is not None and "7 tokens" in note, note
+    if family == "sdxl":  # T-SAM's T (CLIP-L) and bigG's beside it
+        assert "the first T is the one used" in note
+        one = host.module.current_family().prompt_targets(PROMPT, 4.0, None)
+        from lib_align.pictures import target_picture
+
+        assert picture.width > target_picture(one, 4.0).width
