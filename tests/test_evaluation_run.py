@@ -113,7 +113,7 @@ def test_the_command_writes_images_csvs_and_the_report(first_run):
     assert grid.width == 4 + 3 * (128 + 4)  # three columns: plain | Paper | Official
 
 
-def test_resume_skips_finished_images_and_gives_the_same_csv(first_run, tmp_path, capsys):
+def test_resume_skips_finished_images_and_gives_the_same_csv(first_run, tiny_clip, tmp_path, capsys):
     src, _ = first_run
     out = tmp_path / "out"
     shutil.copytree(src, out)
@@ -122,7 +122,7 @@ def test_resume_skips_finished_images_and_gives_the_same_csv(first_run, tmp_path
 
     run_json = (out / "run.json").read_text()
     assert '"model": "tiny-random"' in run_json
-    args = [*RUN_ARGS, "--out", str(out), "--no-fail", "--clip", _clip_of(src)]
+    args = [*RUN_ARGS, "--out", str(out), "--no-fail", "--clip", str(tiny_clip)]
     assert cli.main(args) == 0
     assert "12 images planned: 12 already on disk (skipped), 0 to generate" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == before
@@ -133,27 +133,22 @@ def test_resume_skips_finished_images_and_gives_the_same_csv(first_run, tmp_path
     original = np.asarray(Image.open(lost))
     lost.unlink()
     assert cli.main(args) == 0
-    assert "1 to generate" in capsys.readouterr().out
+    assert "12 images planned: 11 already on disk (skipped), 1 to generate" in capsys.readouterr().out
     assert np.array_equal(np.asarray(Image.open(lost)), original)
     assert (out / "scores.csv").read_bytes() == csv_before
 
 
-def _clip_of(out: Path) -> str:
-    return next(line.split("CLIP: ", 1)[1] for line in (out / "report.md").read_text().splitlines()
-                if "CLIP: " in line)
-
-
-def test_resuming_with_other_settings_is_refused(first_run, tmp_path, capsys):
+def test_resuming_with_other_settings_is_refused(first_run, tiny_clip, tmp_path, capsys):
     src, _ = first_run
     out = tmp_path / "out"
     shutil.copytree(src, out)
-    args = [*RUN_ARGS, "--out", str(out), "--clip", _clip_of(src), "--steps", "3"]
+    args = [*RUN_ARGS, "--out", str(out), "--clip", str(tiny_clip), "--steps", "3"]
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "other settings" in err and "steps" in err
 
 
-def test_t_sam_doing_worse_fails_the_command(first_run, tmp_path, capsys, monkeypatch):
+def test_t_sam_doing_worse_fails_the_command(first_run, tiny_clip, tmp_path, capsys, monkeypatch):
     """Injected scores: the Paper preset 0.02 below plain SD on both prompts (paired SE 0), the Official preset
     0.01 above: exit 3 naming the Paper preset only; --no-fail reports it and exits 0."""
     src, _ = first_run
@@ -170,7 +165,7 @@ def test_t_sam_doing_worse_fails_the_command(first_run, tmp_path, capsys, monkey
         return rows
 
     monkeypatch.setattr(cli, "score_images", injected)
-    args = [*RUN_ARGS, "--out", str(out), "--clip", _clip_of(src)]
+    args = [*RUN_ARGS, "--out", str(out), "--clip", str(tiny_clip)]
     assert cli.main(args) == cli.EXIT_WORSE
     captured = capsys.readouterr()
     assert "FAIL: T-SAM is worse than plain SD in 2 comparison(s)" in captured.err
