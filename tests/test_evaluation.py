@@ -224,3 +224,16 @@ def test_open_clip_without_torchvision_is_a_one_line_error():
     with pytest.raises(SetupError, match="open_clip cannot be imported.*torchvision") as e:
         metrics.load_clip("open_clip:ViT-B-16/openai")
     assert "\n" not in str(e.value)
+
+
+def test_prompt_dir_reads_a_users_files(tmp_path):
+    """--prompt-dir: e.g. the authors' own files (no header, no final newline); unsplittable lines are refused."""
+    (tmp_path / "objects.txt").write_text("# a note\na purple balloon and a white clock\n\na red car and a bowl")
+    got = prompt_sets.load_set("objects", tmp_path)
+    assert got.prompts == ("a purple balloon and a white clock", "a red car and a bowl")
+    assert got.digest != prompt_sets.load_set("objects").digest
+    (tmp_path / "animals.txt").write_text("a cat\n")
+    with pytest.raises(ValueError, match="cannot split"):
+        prompt_sets.load_set("animals", tmp_path)
+    with pytest.raises(FileNotFoundError):
+        prompt_sets.load_set("animals_objects", tmp_path)
