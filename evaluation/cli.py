@@ -12,15 +12,34 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .metrics import DEFAULT_CLIP, ClipScorer, SetupError, load_clip
 from .prompt_sets import SET_NAMES, PromptSet, load_set
-from .report import ScoredImage, image_grid, table_rows, write_prompts_csv, write_report, write_scores_csv
-from .runner import METHOD_LABELS, METHODS, GenerationSettings, Job, image_path, plan, prepare_model, run_jobs
+from .report import (
+    ScoredImage,
+    image_grid,
+    markdown_table,
+    table_rows,
+    verdict_lines,
+    write_prompts_csv,
+    write_report,
+    write_scores_csv,
+)
+from .runner import (
+    METHOD_LABELS,
+    METHODS,
+    GenerationSettings,
+    Job,
+    check_run_record,
+    image_path,
+    plan,
+    prepare_model,
+    run_jobs,
+)
 from .stats import Score, compare, failures, summarize
 
 EXIT_WORSE = 3
@@ -46,7 +65,6 @@ class EvalOptions:
     fail: bool = True
     fail_sigma: float = 1.0
     progress: bool = True
-    notes: list[str] = field(default_factory=list)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -206,8 +224,6 @@ def run(opts: EvalOptions) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if opts.tiny:
         print(RANDOM_WEIGHTS_WARNING)
-    from .runner import check_run_record
-
     sets: list[PromptSet] = [load_set(name, opts.prompt_dir) for name in opts.sets]
     check_run_record(out, opts.generation, sets)
     scorer = load_clip(opts.clip, opts.device)  # before sampling: a missing CLIP must not cost hours first
@@ -237,8 +253,6 @@ def run(opts: EvalOptions) -> int:
     if opts.tiny:
         notes.insert(0, RANDOM_WEIGHTS_WARNING)
     write_report(out, header, table, comparisons, notes, grids, opts.fail_sigma, METHOD_LABELS)
-
-    from .report import markdown_table, verdict_lines
 
     print(markdown_table(header, table))
     verdict = verdict_lines(comparisons, opts.fail_sigma, METHOD_LABELS)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .prompt_sets import SET_NAMES
 from .stats import METRIC_LABELS, METRICS, PAPER_NUMBERS, PAPER_SOURCE, Comparison, Score, Summary
 
 SCORE_COLUMNS = ("set", "index", "prompt", "seed", "method", "full", "min_object", "object_1", "object_1_similarity",
@@ -81,8 +82,7 @@ def table_rows(summaries: Sequence[Summary], comparisons: Sequence[Comparison], 
     plain SD (paired, ± SE), the paper's plain SD and T-SAM beside them."""
     by_key = {(s.set_name, s.method, s.metric): s for s in summaries}
     cmp = {(c.set_name, c.method, c.metric): c for c in comparisons}
-    sets = sorted({s.set_name for s in summaries}, key=lambda n: ("animals", "animals_objects", "objects").index(n)
-                  if n in ("animals", "animals_objects", "objects") else 99)
+    sets = [n for n in SET_NAMES if any(s.set_name == n for s in summaries)]
     header = ["Set", "Metric", "Prompts × seeds"]
     header += [f"{labels[m]} (ours)" for m in methods]
     header += [f"{labels[m]} − plain" for m in methods[1:]]

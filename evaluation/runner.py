@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -179,7 +179,7 @@ def _save(image: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run_jobs(jobs: Sequence[Job], out: Path, settings: GenerationSettings, load_model: Any,
+def run_jobs(jobs: Sequence[Job], out: Path, settings: GenerationSettings, load_model: Callable[[], StableDiffusion],
              device: torch.device, progress: bool = True) -> RunCounts:
     """Generate every job whose image is not on disk yet. `load_model()` is called only if there is work."""
     from tqdm import tqdm

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ METHOD_KEYS = ("plain", "paper", "official")
 # One thread: the tiny model's ops are too small to gain from two, and on a busy machine two threads of tiny ops
 # run ten times slower than one (measured here: 5.6 s against 0.5 s for three images).
 RUN_ARGS = ("--tiny", "--sets", "animals", "--limit", "2", "--seeds", "2", "--steps", "2", "--size", "64",
-            "--device", "cpu", "--no-progress", "--cpu-threads", "1")
+            "--device", "cpu", "--cpu-threads", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +65,7 @@ def first_run(tiny_clip, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "evaluation", "--clip", str(tiny_clip), "--out", str(out), *RUN_ARGS, "--no-fail"]
+    # (with the progress bar: the user's default)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, proc
@@ -78,6 +80,7 @@ def test_the_command_writes_images_csvs_and_the_report(first_run):
     out, proc = first_run
     assert "RANDOM WEIGHTS" in proc.stdout and "measure nothing" in proc.stdout
     assert "12 images planned: 0 already on disk (skipped), 12 to generate" in proc.stdout
+    assert re.search(r"generating: 100%.*12/12 \[\d\d:\d\d<00:00", proc.stderr), proc.stderr[-500:]  # bar + ETA
     images = sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png"))
     assert images == sorted(f"images/animals/{i:03d}/seed{s:05d}-{m}.png"
                             for i in range(2) for s in range(2) for m in METHOD_KEYS)
@@ -122,7 +125,7 @@ def test_resume_skips_finished_images_and_gives_the_same_csv(first_run, tiny_cli
 
     run_json = (out / "run.json").read_text()
     assert '"model": "tiny-random"' in run_json
-    args = [*RUN_ARGS, "--out", str(out), "--no-fail", "--clip", str(tiny_clip)]
+    args = [*RUN_ARGS, "--no-progress", "--out", str(out), "--no-fail", "--clip", str(tiny_clip)]
     assert cli.main(args) == 0
     assert "12 images planned: 12 already on disk (skipped), 0 to generate" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == before
@@ -142,7 +145,7 @@ def test_resuming_with_other_settings_is_refused(first_run, tiny_clip, tmp_path,
     src, _ = first_run
     out = tmp_path / "out"
     shutil.copytree(src, out)
-    args = [*RUN_ARGS, "--out", str(out), "--clip", str(tiny_clip), "--steps", "3"]
+    args = [*RUN_ARGS, "--no-progress", "--out", str(out), "--clip", str(tiny_clip), "--steps", "3"]
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "other settings" in err and "steps" in err
@@ -165,7 +168,7 @@ def test_t_sam_doing_worse_fails_the_command(first_run, tiny_clip, tmp_path, cap
         return rows
 
     monkeypatch.setattr(cli, "score_images", injected)
-    args = [*RUN_ARGS, "--out", str(out), "--clip", str(tiny_clip)]
+    args = [*RUN_ARGS, "--no-progress", "--out", str(out), "--clip", str(tiny_clip)]
     assert cli.main(args) == cli.EXIT_WORSE
     captured = capsys.readouterr()
     assert "FAIL: T-SAM is worse than plain SD in 2 comparison(s)" in captured.err
