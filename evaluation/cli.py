@@ -83,6 +83,14 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def seed_text(seeds: Sequence[int]) -> str:
+    """"0-63" for a run of seeds, else the list (shortened)."""
+    if list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    shown = ", ".join(map(str, seeds[:8]))
+    return shown + (", ..." if len(seeds) > 8 else "")
+
+
 def parse_size(text: str) -> tuple[int, int]:
     parts = text.lower().split("x")
     try:
@@ -247,7 +255,7 @@ def run(opts: EvalOptions) -> int:
     grids = write_grids(jobs, out, opts.grid_prompts, cell=max(128, min(256, g.width)))  # labels need >= 128 px
     notes = [f"Model: {g.model}; CLIP: {scorer.name}",
              f"Sampler {g.sampler}, {g.steps} steps, CFG {g.cfg_scale}, {g.width}x{g.height}, {g.dtype}; "
-             f"seeds {opts.seeds[0]}..{opts.seeds[-1]} ({len(opts.seeds)})",
+             f"seeds {seed_text(opts.seeds)} ({len(opts.seeds)})",
              "Prompts: " + ", ".join(f"{s.name} ({min(len(s), opts.limit or len(s))} of {len(s)}, {s.source})"
                                      for s in sets)]
     if opts.tiny:

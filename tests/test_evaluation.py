@@ -190,6 +190,7 @@ def test_seed_specs():
     assert cli.parse_seeds("7,") == [7]
     with pytest.raises(SetupError):
         cli.parse_seeds("a-b")
+    assert [cli.seed_text(s) for s in ([0, 1, 2], [7], [1, 5, 9])] == ["0-2", "7", "1, 5, 9"]
 
 
 def _error_of(capsys, *argv: str) -> str:
