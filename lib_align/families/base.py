@@ -20,9 +20,15 @@ class ModelFamily:
 
     def __init__(self, model: Any, device: torch.device | None = None) -> None:
         self.model = model
-        # Where token ids go: the host's compute device (with --medvram the encoder is moved there on use, so its
-        # parameters' device at this moment is not the answer); standalone, the UNet's.
-        self.device = device if device is not None else next(self.unet.parameters()).device
+        self._device = device
+
+    @property
+    def device(self) -> torch.device:
+        """Where token ids go: the host's compute device (with --medvram the encoder is moved there on use, so its
+        parameters' device at this moment is not the answer); standalone, the UNet's."""
+        if self._device is None:
+            self._device = next(self.unet.parameters(), torch.empty(0)).device
+        return self._device
 
     @classmethod
     def detect(cls, model: Any) -> bool:
