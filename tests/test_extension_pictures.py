@@ -167,7 +167,7 @@ def test_a_failing_renderer_costs_the_pictures_not_the_image(host, monkeypatch, 
     def broken(*args, **kwargs):
         raise RuntimeError("no font")
 
-    monkeypatch.setattr(host.module, "draw", broken)
+    monkeypatch.setattr(sys.modules["lib_align.a1111.output"], "draw", broken)
     res, _ = host.txt2img(tsam=SHOW, **BASE)
     assert_normal(res, 1, 128, 128)  # the image, no pictures
     # postprocess runs after the host built the result's comments: the console says it.
@@ -231,9 +231,10 @@ def test_analyze_waits_for_no_generation_and_refuses_unsupported_models(host, mo
     assert update["value"] is None and "generation is running" in note
     assert call_queue.queue_lock.acquire(False)  # and the lock was not left taken
     call_queue.queue_lock.release()
-    monkeypatch.setattr(host.model, "is_sdxl", True)
+    monkeypatch.setattr(host.model, "is_sd1", False)
+    monkeypatch.setattr(host.model, "is_sd3", True)
     update, note = fn("a black car and a white clock", 4.0)
-    assert update["value"] is None and "SDXL models are not supported" in note
+    assert update["value"] is None and "SD3 models are not supported" in note
 
 
 def test_without_a_prompt_box_the_button_is_hidden_and_unwired():

@@ -20,6 +20,7 @@ from modules.script_callbacks import ScriptCallback  # noqa: E402
 from modules.sd_hijack_clip import Embedding  # noqa: E402
 
 from lib_align.config import OFFICIAL, AlignConfig  # noqa: E402
+from lib_align.families import SD1  # noqa: E402
 from lib_align.session import AlignSession  # noqa: E402
 from lib_align.text import chunk_targets  # noqa: E402
 from standalone.models import import_k_diffusion  # noqa: E402
@@ -295,7 +296,7 @@ def test_exception_before_sampling_gives_the_plain_image(host, tsam_log, monkeyp
     def broken(*args, **kwargs):
         raise ValueError("no tokenizer")
 
-    monkeypatch.setattr(host.module, "prompt_targets", broken)
+    monkeypatch.setattr(SD1, "prompt_targets", broken)
     without = host.txt2img_without_extension(**BASE)
     res, _ = host.txt2img(tsam=STRONG, **BASE)
     assert torch.equal(res.samples, without.samples)
@@ -409,8 +410,8 @@ def _forge(monkeypatch, host):
 
 REFUSALS = [
     ("lowvram", lambda m, h: m.setattr(shared.cmd_opts, "lowvram", True), "--lowvram"),
-    ("SD2", lambda m, h: m.setattr(h.model, "is_sd2", True), "SD2 models are not supported"),
-    ("SDXL", lambda m, h: m.setattr(h.model, "is_sdxl", True), "SDXL models are not supported"),
+    ("SDXL inpainting", lambda m, h: m.setattr(h.model, "is_sdxl_inpaint", True, raising=False),
+     "SDXL inpainting models are not supported"),
     ("SD3", lambda m, h: m.setattr(h.model, "is_sd3", True), "SD3 models are not supported"),
     ("other model", lambda m, h: m.setattr(h.model, "is_sd1", False), "this model type is not supported"),
     ("InstructPix2Pix", lambda m, h: m.setattr(h.model, "cond_stage_key", "edit"), "InstructPix2Pix"),

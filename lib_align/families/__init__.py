@@ -35,6 +35,8 @@ def unsupported(model: Any) -> str:
     """Why no family supports this model (no trailing consequence: callers add it)."""
     if getattr(model, "cond_stage_key", None) == "edit":
         return "InstructPix2Pix models are not supported"
+    if getattr(model, "is_sdxl_inpaint", False):
+        return "SDXL inpainting models are not supported (their UNet input carries the masked image)"
     for flag, name in (("is_sd3", "SD3"), ("is_flux", "Flux")):
         if getattr(model, flag, False):
             return f"{name} models are not supported (no UNet cross-attention to steer)"

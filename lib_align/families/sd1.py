@@ -47,11 +47,15 @@ class SD1(ModelFamily):
     @classmethod
     def detect(cls, model: Any) -> bool:
         wrapper = getattr(model, "cond_stage_model", None)
-        return (getattr(model, "is_sd1", False) and not getattr(model, "is_sdxl", False)
+        if any(getattr(model, flag, False) for flag in ("is_sdxl", "is_sd3", "is_sdxl_inpaint")):
+            return False
+        if getattr(model, "cond_stage_key", None) == "edit":  # InstructPix2Pix: its UNet input is not the latent
+            return False
+        return (getattr(model, "is_sd1", False)
                 and hasattr(getattr(model, "model", None), "diffusion_model")
                 and hasattr(wrapper, "tokenize_line") and hasattr(getattr(wrapper, "wrapped", None), "transformer"))
 
-    def prompt_targets(self, text: str, power: float, clip_skip: int) -> list[ChunkTarget]:
+    def prompt_targets(self, text: str, power: float, clip_skip: int | None) -> list[ChunkTarget]:
         wrapper = self.model.cond_stage_model
         chunks, ids, overrides = host_chunks(wrapper, text, "clip_l", self.device)
         tokenizer = getattr(wrapper.wrapped, "tokenizer", None)  # only for the pictures' labels
