@@ -45,6 +45,36 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], reps: int, device: torch.d
     return times
 
 
+def timed_peaks(fns: Mapping[str, Callable[[], Any]], reps: int, device: torch.device, meter: MemoryMeter,
+                log: Callable[[str], None] | None = None) -> tuple[dict[str, list[float]], dict[str, Peak]]:
+    """Seconds and peak memory of each function from the same calls, round-robin as in `interleaved`: one warm-up
+    round (its times dropped), then `reps` rounds; the peaks are the last round's (the steady state).
+
+    For a model whose every call takes minutes (full-size SDXL on a CPU) there is no time for separate memory
+    runs; the meter's own work (a gc pass, reading /proc) happens outside the timed span.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    peaks: dict[str, Peak] = {}
+    for rep in range(reps + 1):
+        for name, fn in fns.items():
+            elapsed: list[float] = []
+
+            def timed(fn: Callable[[], Any] = fn, elapsed: list[float] = elapsed) -> None:
+                synchronize(device)
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+                elapsed.append(time.perf_counter() - start)
+
+            peaks[name] = meter.peak(timed)
+            if rep:
+                times[name].append(elapsed[0])
+            if log:
+                label = "warm-up" if rep == 0 else f"rep {rep}/{reps}"
+                log(f"  {label}: {name} {elapsed[0]:.2f}s, peak {peaks[name].total / 2**20:.0f} MiB")
+    return times, peaks
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .models import FirstStage, allow_any_latent_size, clip_tokenizer, import_k_diffusion, widen_random_init
+from .models import FirstStage, allow_any_latent_size, clip_tokenizer, widen_random_init
 
 SCALE_FACTOR_XL = 0.13025  # sd_xl_base.yaml model.params.scale_factor
 PAD_ID_OPENCLIP = 0  # A1111's open_clip wrappers pad after EOS with 0 (CLIP-L pads with EOS)
@@ -454,61 +454,3 @@ def tiny_sdxl(seed: int = 0) -> StableDiffusionXL:
     widen_random_init(model)
     return model
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# plain sampling (no T-SAM): what standalone.pipeline.GuidedDenoiser does, with dict conds
-
-
-def catenate_conds(conds: Sequence[Tensor | dict[str, Tensor]]) -> Tensor | dict[str, Tensor]:
-    """Rows of several conds, tensors or SDXL dicts (A1111's sd_samplers_cfg_denoiser.catenate_conds)."""
-    if not isinstance(conds[0], dict):
-        return torch.cat(list(conds))
-    return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
-
-
-class GuidedDenoiserXL(nn.Module):
-    """CFG around a k-diffusion denoiser with SDXL dict conds: one batched call for cond and uncond rows."""
-
-    def __init__(self, denoiser: nn.Module, cond: dict[str, Tensor], uncond: dict[str, Tensor], scale: float) -> None:
-        super().__init__()
-        self.denoiser, self.cond, self.uncond, self.scale = denoiser, cond, uncond, scale
-
-    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
-        n = x.shape[0]
-        cond = catenate_conds([{k: v.expand(n, *v.shape[1:]) for k, v in c.items()} for c in (self.cond, self.uncond)])
-        out = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=cond)
-        c, u = out.chunk(2)
-        return u + (c - u) * self.scale
-
-
-def sample_xl(
-    sd: StableDiffusionXL,
-    prompt: str,
-    *,
-    negative: str = "",
-    steps: int = 8,
-    width: int = 128,
-    height: int = 128,
-    seed: int = 0,
-    cfg_scale: float = 5.0,
-) -> Tensor:
-    """Plain SDXL text-to-image latent with k-diffusion's Euler sampler (A1111's conditioning rules)."""
-    from lib_align.text import tokenize_chunks
-
-    kd = import_k_diffusion()
-    denoiser = kd.external.CompVisDenoiser(sd)
-    tokenizer = sd.conditioner.tokenizer
-    chunks, _ = tokenize_chunks(tokenizer, prompt)
-    neg, _ = tokenize_chunks(tokenizer, negative)
-    n = max(len(chunks), len(neg))
-    empty, _ = tokenize_chunks(tokenizer, "")
-    chunks, neg = (torch.cat([c] + [empty] * (n - len(c))) for c in (chunks, neg))
-    with torch.no_grad():
-        c, v = sd.encode_chunks(chunks, size=(height, width))
-        uc, uv = sd.encode_chunks(neg, size=(height, width), zero_text=negative == "")
-    model = GuidedDenoiserXL(denoiser, {"crossattn": c, "vector": v}, {"crossattn": uc, "vector": uv}, cfg_scale)
-    sigmas = denoiser.get_sigmas(steps)
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((1, sd.config.latent_channels, height // 8, width // 8), generator=generator) * sigmas[0]
-    with torch.no_grad():
-        return kd.sampling.sample_euler(model, x, sigmas, disable=True)

@@ -310,11 +310,28 @@ def test_bench_sampling_is_the_pipelines(tiny_model):
 def test_bench_smoke_prints_every_figure_as_json():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-m", "bench", "--smoke"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=600)  # room for a loaded machine (shared cores slow 2-thread runs)
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     required = {"iteration_vs_full", "iteration_vs_plain_step", "paper_total_vs_plain", "official_total_vs_plain",
-                "reference_total_vs_plain", "off_overhead", "peak_mem_ratio"}
+                "reference_total_vs_plain", "off_overhead", "peak_mem_ratio",
+                "sdxl_iteration_vs_plain_step", "sdxl_off_overhead", "sdxl_peak_mem_ratio"}
     assert required <= set(figures)
     assert all(isinstance(figures[k], float) and figures[k] > 0 for k in required)
     assert "torch_threads: " in done.stdout
+    # The SDXL row ran the tiny SDXL (smoke) through the SDXL family's path: dict cond, stand-in HostModelSDXL.
+    assert figures["sdxl_model"] == "tiny"
+    assert "HostModelSDXL" in done.stdout
+    for key in ("sdxl_iteration_vs_plain_step", "sdxl_off_overhead", "sdxl_peak_mem_ratio"):
+        assert any(line.lstrip().startswith(key) and "target <=" in line for line in done.stdout.splitlines()), key
+
+
+def test_bench_sdxl_workload_is_the_pipelines_sdxl_path():
+    """The SDXL row's plain step is the demo's CFG call and its iteration the session's update, on a dict cond."""
+    from bench.workload import sdxl_workload
+
+    work = sdxl_workload("tiny", (64, 64), torch.device("cpu"), torch.float32, prompt=PROMPT)
+    assert set(work.cond) == {"crossattn", "vector"} and work.level == 4
+    report = work.iteration()
+    assert report.iterations == 1 and report.loss_before[0] > 0
+    work.plain_step()

@@ -31,6 +31,14 @@ from .sd1 import SD1, chunk_labels, host_chunks
 from .sd2 import openclip_targets
 
 
+def configured_clip_skip(clip_l: Any) -> int:
+    """The clip skip of the layer sgm's FrozenCLIPEmbedder is configured with (`clip_l`: the embedder, with
+    `.transformer` and `.layer_idx`): hidden_states[layer_idx] is the output of layer_idx layers, so the first
+    layer_idx layers feed the cond (11 of 12 in SDXL base: clip skip 2). Shared with the standalone pipeline."""
+    layers = len(clip_l.transformer.text_model.encoder.layers)
+    return layers - int(getattr(clip_l, "layer_idx", layers) or layers) + 1
+
+
 class SDXL(SD1):
     name = "SDXL"
 
@@ -59,9 +67,8 @@ class SDXL(SD1):
         chunks, ids, overrides = host_chunks(wrapper, text, "clip_l", self.device)
         tokenizer = getattr(wrapper.wrapped, "tokenizer", None)
         labels = chunk_labels(chunks, overrides, tokenizer) if tokenizer is not None else None
-        if clip_skip is None:  # the layer sgm's FrozenCLIPEmbedder is configured with
-            layers = len(wrapper.wrapped.transformer.text_model.encoder.layers)
-            clip_skip = layers - int(getattr(wrapper.wrapped, "layer_idx", layers) or layers) + 1
+        if clip_skip is None:
+            clip_skip = configured_clip_skip(wrapper.wrapped)
         return chunk_targets(wrapper.wrapped.transformer, ids, power, clip_skip, overrides, tokens=labels)
 
     def analysis_targets(self, text: str, power: float, clip_skip: int | None) -> list[tuple[str, list[ChunkTarget]]]:

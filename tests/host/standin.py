@@ -55,8 +55,9 @@ class HostModel:
 class Host:
     """Scripts loaded (X/Y/Z stand-in, then T-SAM), before_ui run, txt2img runner with its UI built."""
 
-    def __init__(self, sd: Any) -> None:
-        shared.sd_model = HostModel(sd)
+    def __init__(self, sd: Any, model: Any = None) -> None:
+        """`model`: the host's shared.sd_model (e.g. sdxl_model.HostModelSDXL); by default HostModel(sd), SD1."""
+        shared.sd_model = model if model is not None else HostModel(sd)
         scripts.load_scripts([(str(HOST), str(HOST / "xyz_grid.py")), (str(ROOT), str(ROOT / "scripts" / "t_sam.py"))])
         script_callbacks.before_ui_callback()
         self.runner = scripts.ScriptRunner()
