@@ -208,6 +208,10 @@ def _load_open_clip(name: str, device: torch.device) -> ClipScorer:
     except ImportError as e:  # open_clip imports torchvision at the top
         raise SetupError(f"--clip open_clip:{name}: open_clip cannot be imported ({_first_line(e)}); install "
                          f"torchvision, or use a transformers CLIP: {HOW_TO_GET_CLIP}") from None
+    if not hasattr(open_clip, "create_model"):
+        # Only its text tower was imported (standalone.openclip does that where torchvision is missing).
+        raise SetupError(f"--clip open_clip:{name}: open_clip cannot be imported in full (no torchvision); install "
+                         f"torchvision, or use a transformers CLIP: {HOW_TO_GET_CLIP}")
     if not pretrained or not _open_clip_cached(open_clip, model_name, pretrained):
         raise SetupError(f"--clip open_clip:{name}: these weights are not in open_clip's cache; run once online "
                          f"`python -c \"import open_clip; open_clip.create_model('{model_name}', "
