@@ -163,22 +163,28 @@ class FirstStage(nn.Module):
         return self.decoder(self.post_quant_conv(z))
 
 
-class StableDiffusion(nn.Module):
-    """The attributes of ldm's LatentDiffusion that A1111, k-diffusion and we rely on."""
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The state dict of a .safetensors or .ckpt file (a .ckpt's "state_dict" entry when it has one)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
+
+
+class LatentDiffusionBase(nn.Module):
+    """What ldm's LatentDiffusion (and sgm's DiffusionEngine after A1111's patches) expose that A1111, k-diffusion
+    and we rely on, for every family: `model.diffusion_model`, `alphas_cumprod`, `parameterization`,
+    `apply_model`, `decode_first_stage`, `load_checkpoint`. Subclasses build the parts and call `finish()`."""
 
     parameterization = "eps"
+    scale_factor = SCALE_FACTOR
 
-    def __init__(self, config: SDConfig) -> None:
-        super().__init__()
-        from ldm.modules.diffusionmodules.openaimodel import UNetModel
-        from transformers import CLIPTextConfig, CLIPTextModel
-
-        allow_any_latent_size()
-        self.config = config
-        self.model = DiffusionWrapper(UNetModel(**config.unet))
-        self.cond_stage_model = TextEncoder(CLIPTextModel(CLIPTextConfig(**config.text)), clip_tokenizer())
-        self.first_stage_model = FirstStage(config.decoder, config.latent_channels)
-        # SD 1.x's "scaled linear" beta schedule.
+    def finish(self) -> None:
+        # SD 1.x / 2.x / XL all use the "scaled linear" schedule: linear_start 0.00085, linear_end 0.012, betas
+        # linear in sqrt (v1/v2-inference.yaml; sgm LegacyDDPMDiscretization).
         betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
         self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, dim=0).float(), persistent=False)
         self.requires_grad_(True)  # as in A1111: weights keep requires_grad; only the latent's grad is taken
@@ -194,18 +200,32 @@ class StableDiffusion(nn.Module):
 
     @torch.no_grad()
     def decode_first_stage(self, z: Tensor) -> Tensor:
-        return self.first_stage_model.decode(z / SCALE_FACTOR)
+        return self.first_stage_model.decode(z / self.scale_factor)
 
     def load_checkpoint(self, path: str | Path) -> list[str]:
-        """Load an SD 1.x checkpoint (.safetensors or .ckpt). Returns the missing keys (none for a full SD1)."""
-        path = Path(path)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        """Load a checkpoint (.safetensors or .ckpt) of this family. Returns the missing keys."""
+        return self.load_state(read_checkpoint(path))
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
+    def load_state(self, state: dict[str, Tensor]) -> list[str]:
+        raise NotImplementedError(f"{type(self).__name__} cannot load checkpoints")
+
+
+class StableDiffusion(LatentDiffusionBase):
+    """SD 1.x (v1-inference.yaml)."""
+
+    def __init__(self, config: SDConfig) -> None:
+        super().__init__()
+        from ldm.modules.diffusionmodules.openaimodel import UNetModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        allow_any_latent_size()
+        self.config = config
+        self.model = DiffusionWrapper(UNetModel(**config.unet))
+        self.cond_stage_model = TextEncoder(CLIPTextModel(CLIPTextConfig(**config.text)), clip_tokenizer())
+        self.first_stage_model = FirstStage(config.decoder, config.latent_channels)
+        self.finish()
+
+    def load_state(self, state: dict[str, Tensor]) -> list[str]:
         return load_sd_state_dict(self, state)
 
 

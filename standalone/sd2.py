@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +25,14 @@ from torch import Tensor, nn
 from lib_align.openclip_text import openclip_chunk_targets
 from lib_align.text import CHUNK_LENGTH, ChunkTarget
 
-from .models import SCALE_FACTOR, DiffusionWrapper, FirstStage, SDConfig, allow_any_latent_size, widen_random_init
+from .models import (
+    DiffusionWrapper,
+    FirstStage,
+    LatentDiffusionBase,
+    SDConfig,
+    allow_any_latent_size,
+    widen_random_init,
+)
 from .openclip import BOS_ID, EOS_ID, PAD_ID, TEXT_TOWERS, import_open_clip, openclip_text_preset, openclip_tokenizer
 
 import_open_clip()  # ldm's encoders module runs `import open_clip` at import time
@@ -140,9 +146,9 @@ def tokenize_chunks(tokenizer: Any, prompt: str) -> tuple[Tensor, list[list[str]
 # model
 
 
-class StableDiffusion2(nn.Module):
-    """The attributes of ldm's LatentDiffusion for an SD 2.x checkpoint that A1111, k-diffusion and we rely on;
-    the same API as standalone.models.StableDiffusion."""
+class StableDiffusion2(LatentDiffusionBase):
+    """SD 2.x (v2-inference.yaml, or v2-inference-v.yaml with `v`): ldm's UNet with SD2's settings and ldm's
+    FrozenOpenCLIPEmbedder; the same API as standalone.models.StableDiffusion (scale factor 0.18215 too)."""
 
     def __init__(self, config: SDConfig, v: bool = False, seed: int = 0) -> None:
         super().__init__()
@@ -153,39 +159,14 @@ class StableDiffusion2(nn.Module):
         self.parameterization = "v" if v else "eps"
         self.model = DiffusionWrapper(UNetModel(**config.unet))
         self.first_stage_model = FirstStage(config.decoder, config.latent_channels)
-        # v2-inference(-v).yaml: linear_start 0.00085, linear_end 0.012, ldm's "linear" (sqrt-spaced) schedule.
-        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-        self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, dim=0).float(), persistent=False)
-        self.requires_grad_(True)  # as in A1111: UNet weights keep requires_grad; only the latent's grad is taken
+        self.finish()
         # ldm freezes the text encoder (cond_stage_config freeze: True); __init__ calls freeze() itself.
         self.cond_stage_model = OpenCLIPTextEncoder.around(openclip_text_preset(config.text["tower"], seed=seed))
-
-    @property
-    def unet(self) -> nn.Module:
-        return self.model.diffusion_model
-
-    def apply_model(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
-        if not isinstance(cond, dict):
-            cond = {"c_crossattn": [cond]}
-        return self.model(x, t, c_crossattn=cond["c_crossattn"])
-
-    @torch.no_grad()
-    def decode_first_stage(self, z: Tensor) -> Tensor:
-        return self.first_stage_model.decode(z / SCALE_FACTOR)  # v2-inference.yaml scale_factor 0.18215
 
     def tokenize(self, prompt: str) -> tuple[Tensor, list[list[str]]]:
         return tokenize_chunks(self.cond_stage_model.tokenizer, prompt)
 
-    def load_checkpoint(self, path: str | Path) -> list[str]:
-        """Load an SD 2.x checkpoint (.safetensors or .ckpt). Returns the missing keys (none for a full SD2)."""
-        path = Path(path)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
+    def load_state(self, state: dict[str, Tensor]) -> list[str]:
         return load_sd2_state_dict(self, state)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .models import FirstStage, allow_any_latent_size, clip_tokenizer, widen_random_init
+from .models import FirstStage, LatentDiffusionBase, allow_any_latent_size, clip_tokenizer, widen_random_init
 
 SCALE_FACTOR_XL = 0.13025  # sd_xl_base.yaml model.params.scale_factor
 PAD_ID_OPENCLIP = 0  # A1111's open_clip wrappers pad after EOS with 0 (CLIP-L pads with EOS)
@@ -397,11 +397,11 @@ def openclip_tokens(chunks: Tensor) -> Tensor:
 # model
 
 
-class StableDiffusionXL(nn.Module):
+class StableDiffusionXL(LatentDiffusionBase):
     """The attributes of sgm's DiffusionEngine (after A1111's sd_models_xl patches) that k-diffusion and we use."""
 
-    parameterization = "eps"
     is_sdxl = True
+    scale_factor = SCALE_FACTOR_XL
 
     def __init__(self, config: SDXLConfig, seed: int = 0) -> None:
         super().__init__()
@@ -417,14 +417,7 @@ class StableDiffusionXL(nn.Module):
         clip_g = OpenCLIPEmbedder2(openclip_text_preset(config.clip_g, seed=seed))
         self.conditioner = Conditioner([clip_l, clip_g, *(SizeEmbedder(config.size_embed_dim, k) for k in SIZE_KEYS)])
         self.first_stage_model = FirstStage(config.decoder, config.latent_channels)
-        # sgm LegacyDDPMDiscretization: linear_start 0.00085, linear_end 0.012, betas linear in sqrt.
-        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-        self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, dim=0).float(), persistent=False)
-        self.requires_grad_(True)  # as in A1111: weights keep requires_grad; only the latent's grad is taken
-
-    @property
-    def unet(self) -> nn.Module:
-        return self.model.diffusion_model
+        self.finish()
 
     @property
     def cond_stage_model(self) -> Conditioner:
@@ -440,10 +433,6 @@ class StableDiffusionXL(nn.Module):
     def encode_chunks(self, chunks: Tensor, clip_skip: int = 1, **kwargs: Any) -> tuple[Tensor, Tensor]:
         """See Conditioner.encode_chunks."""
         return self.conditioner.encode_chunks(chunks, clip_skip, **kwargs)
-
-    @torch.no_grad()
-    def decode_first_stage(self, z: Tensor) -> Tensor:
-        return self.first_stage_model.decode(z / SCALE_FACTOR_XL)
 
 
 def tiny_sdxl(seed: int = 0) -> StableDiffusionXL:
