@@ -41,6 +41,14 @@ def chunk_labels(chunks: Any, overrides: list, decode: Any) -> list[list[str]]:
     return labels
 
 
+def clip_targets(wrapper: Any, text: str, power: float, clip_skip: int, device: torch.device) -> list[ChunkTarget]:
+    """T of a prompt from a host wrapper around a transformers CLIP text model (SD1's encoder, SDXL's CLIP-L)."""
+    chunks, ids, overrides = host_chunks(wrapper, text, "clip_l", device)
+    tokenizer = getattr(wrapper.wrapped, "tokenizer", None)  # only for the pictures' labels
+    labels = chunk_labels(chunks, overrides, tokenizer) if tokenizer is not None else None
+    return chunk_targets(wrapper.wrapped.transformer, ids, power, clip_skip, overrides, tokens=labels)
+
+
 class SD1(ModelFamily):
     name = "SD1"
 
@@ -56,11 +64,7 @@ class SD1(ModelFamily):
                 and hasattr(wrapper, "tokenize_line") and hasattr(getattr(wrapper, "wrapped", None), "transformer"))
 
     def prompt_targets(self, text: str, power: float, clip_skip: int | None) -> list[ChunkTarget]:
-        wrapper = self.model.cond_stage_model
-        chunks, ids, overrides = host_chunks(wrapper, text, "clip_l", self.device)
-        tokenizer = getattr(wrapper.wrapped, "tokenizer", None)  # only for the pictures' labels
-        labels = chunk_labels(chunks, overrides, tokenizer) if tokenizer is not None else None
-        return chunk_targets(wrapper.wrapped.transformer, ids, power, clip_skip, overrides, tokens=labels)
+        return clip_targets(self.model.cond_stage_model, text, power, clip_skip, self.device)
 
     def cond_rows(self, text_cond: Any, image_cond: Tensor, batch: int) -> Any:
         if not isinstance(text_cond, Tensor) or text_cond.shape[0] != batch:

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..text import ChunkTarget, chunk_targets
-from .sd1 import SD1, chunk_labels, host_chunks
+from ..text import ChunkTarget
+from .sd1 import SD1, clip_targets
 from .sd2 import openclip_targets
 
 
@@ -63,13 +63,9 @@ class SDXL(SD1):
         return getattr(options, "sdxl_clip_l_skip", False) is True  # A1111's option for CLIP-L only
 
     def prompt_targets(self, text: str, power: float, clip_skip: int | None) -> list[ChunkTarget]:
-        wrapper = self.clip_l
-        chunks, ids, overrides = host_chunks(wrapper, text, "clip_l", self.device)
-        tokenizer = getattr(wrapper.wrapped, "tokenizer", None)
-        labels = chunk_labels(chunks, overrides, tokenizer) if tokenizer is not None else None
-        if clip_skip is None:
-            clip_skip = configured_clip_skip(wrapper.wrapped)
-        return chunk_targets(wrapper.wrapped.transformer, ids, power, clip_skip, overrides, tokens=labels)
+        if clip_skip is None:  # the layer the embedder is configured with feeds the cond
+            clip_skip = configured_clip_skip(self.clip_l.wrapped)
+        return clip_targets(self.clip_l, text, power, clip_skip, self.device)
 
     def analysis_targets(self, text: str, power: float, clip_skip: int | None) -> list[tuple[str, list[ChunkTarget]]]:
         """What "Analyze prompt" draws: the T T-SAM uses, and bigG's for comparison."""
