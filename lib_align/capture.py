@@ -90,6 +90,15 @@ def attention_probs(q: Tensor, k: Tensor, heads: int, scale: float) -> Tensor:
         return sim.softmax(dim=-1).mean(dim=1)
 
 
+def attention_scale(attn: nn.Module, inner: int) -> float:
+    """The softmax scale of an attention module: ldm's `scale` attribute; Forge's CrossAttention (backend/nn/unet.py)
+    has none and its attention functions (backend/attention.py) use the default dim_head^-0.5."""
+    scale = getattr(attn, "scale", None)
+    if scale is not None:
+        return float(scale)
+    return float(getattr(attn, "dim_head", inner // attn.heads)) ** -0.5
+
+
 def _same(tensor: Tensor) -> Tensor:
     return tensor
 
@@ -173,7 +182,7 @@ class CrossAttentionCapture:
         # its backward must not be handed to the checkpoint (it would expect it again, in order): keep it here.
         saving = torch.autograd.graph.saved_tensors_hooks(_same, _same) if self._own_saved else contextlib.nullcontext()
         with saving:
-            probs = attention_probs(q, k, attn.heads, float(attn.scale))
+            probs = attention_probs(q, k, attn.heads, attention_scale(attn, q.shape[-1]))
             self._sum = probs if self._sum is None else self._sum + probs
         self._count += 1
         if attn is self.stop_after:

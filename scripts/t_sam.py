@@ -1,18 +1,19 @@
-"""T-SAM in the AUTOMATIC1111 web UI (txt2img): a thin shell.
+"""T-SAM in the AUTOMATIC1111 web UI and in Forge (txt2img): a thin shell.
 
-The method is in `lib_align` (host-free), the host glue in `lib_align/a1111.py`, the accordion's layout in
-`lib_align/ui.py`. The host executes this file as a module named after it with the extension root on sys.path,
-which is why `lib_align` is imported here at the top and not relatively.
+The method is in `lib_align` (host-free), the host glue in `lib_align/webui/` (which picks the A1111 or the Forge
+adapter when this file loads), the accordion's layout in `lib_align/ui.py`. The host executes this file as a module
+named after it with the extension root on sys.path, which is why `lib_align` is imported here at the top and not
+relatively.
 """
 
 from modules import scripts
 
-from lib_align import a1111
+from lib_align import webui
 from lib_align.config import AlignConfig
 from lib_align.ui import TITLE, build
 
 # Once per import. The host clears every callback before it (re)imports the scripts, so this never piles up.
-a1111.register_callbacks()
+webui.register_callbacks()
 
 
 class TSamScript(scripts.Script):
@@ -29,7 +30,7 @@ class TSamScript(scripts.Script):
         return False if is_img2img else scripts.AlwaysVisible
 
     def after_component(self, component, **kwargs):
-        if kwargs.get("elem_id") == a1111.PROMPT_ELEM_ID:
+        if kwargs.get("elem_id") == webui.PROMPT_ELEM_ID:
             self.prompt_box = component
 
     def ui(self, is_img2img):
@@ -37,19 +38,19 @@ class TSamScript(scripts.Script):
         import gradio as gr
         from modules.ui_components import InputAccordion
 
-        controls = build(gr, InputAccordion, self.elem_id, prompt=self.prompt_box, analyze=a1111.analyze_prompt)
-        self.infotext_fields = a1111.paste_fields(controls.enabled, controls.settings)
+        controls = build(gr, InputAccordion, self.elem_id, prompt=self.prompt_box, analyze=webui.analyze_prompt)
+        self.infotext_fields = webui.paste_fields(controls.enabled, controls.settings)
         self.paste_field_names = AlignConfig.infotext_keys()
         return controls.inputs
 
     def process(self, p, *args):
-        a1111.process(p, args)
+        webui.process(p, args)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        a1111.before_sampling(p)
+        webui.before_sampling(p)
 
     def post_sample(self, p, ps, *args):
-        a1111.after_sampling(p)
+        webui.after_sampling(p)
 
     def postprocess(self, p, processed, *args):
-        a1111.finish(p, processed)
+        webui.finish(p, processed)

@@ -97,7 +97,7 @@ def test_pictures_follow_each_image_of_batches_and_the_grid(host):
 
 def test_hires_fix_pictures_show_the_first_pass_over_the_final_image(host, jobs, monkeypatch):
     drawn = []
-    output = sys.modules["lib_align.a1111.output"]
+    output = sys.modules["lib_align.webui.output"]
     original = output.draw
 
     def spy(record, image):
@@ -167,7 +167,7 @@ def test_a_failing_renderer_costs_the_pictures_not_the_image(host, monkeypatch, 
     def broken(*args, **kwargs):
         raise RuntimeError("no font")
 
-    monkeypatch.setattr(sys.modules["lib_align.a1111.output"], "draw", broken)
+    monkeypatch.setattr(sys.modules["lib_align.webui.output"], "draw", broken)
     res, _ = host.txt2img(tsam=SHOW, **BASE)
     assert_normal(res, 1, 128, 128)  # the image, no pictures
     # postprocess runs after the host built the result's comments: the console says it.

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -404,8 +405,15 @@ def test_nan_gradient_leaves_the_latent_alone_with_a_message(host, jobs, tiny_mo
     assert jobs[0].reports and all(r.skipped_rows == [0] for r in jobs[0].reports)
 
 
-def _forge(monkeypatch, host):
-    monkeypatch.setitem(sys.modules, "modules_forge", types.ModuleType("modules_forge"))
+def _reforge(monkeypatch, host):
+    """A process with Forge's `modules_forge` but without its 2024 `backend` (reForge, older Forge): the host is
+    picked when the script loads (lib_align/webui/host.py), so the pick is re-run here under that import table."""
+    common = sys.modules["lib_align.webui.common"]
+    real = importlib.util.find_spec
+    present = {"modules_forge": importlib.machinery.ModuleSpec("modules_forge", None)}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: present.get(name) if name in present
+                        or name.startswith("backend") else real(name, *a))
+    monkeypatch.setattr(common, "HOST", common.pick_host())
 
 
 REFUSALS = [
@@ -415,7 +423,7 @@ REFUSALS = [
     ("SD3", lambda m, h: m.setattr(h.model, "is_sd3", True), "SD3 models are not supported"),
     ("other model", lambda m, h: m.setattr(h.model, "is_sd1", False), "this model type is not supported"),
     ("InstructPix2Pix", lambda m, h: m.setattr(h.model, "cond_stage_key", "edit"), "InstructPix2Pix"),
-    ("Forge", _forge, "Forge is not supported"),
+    ("reForge", _reforge, "this Forge variant is not supported"),
 ]
 
 

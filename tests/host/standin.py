@@ -71,7 +71,7 @@ class Host:
         finally:
             scripts.scripts_current = None
         self.script = self.runner.title_map()["t-sam"]
-        self.module = sys.modules["lib_align.a1111"]
+        self.module = sys.modules["lib_align.webui"]
         self.xyz = next(d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py")
 
     @property

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any
 
 from modules import shared
 
-from ..families import family_for, unsupported
+from . import common
 
 RE_AND = re.compile(r"\bAND\b")  # the host's multi-cond separator (modules/prompt_parser.py)
 
@@ -28,11 +27,4 @@ def model_refusal(model: Any) -> str | None:
     """Why T-SAM cannot work with this host and model, or None (no trailing consequence: callers add it)."""
     if model is None:
         return "no model is loaded"
-    if "modules_forge" in sys.modules:
-        return "Forge is not supported (it generates under torch.inference_mode and patches the UNet its own way)"
-    if getattr(shared.cmd_opts, "lowvram", False) or getattr(model, "lowvram", False):
-        return ("--lowvram moves each UNet block to the CPU after use, so the gradient T-SAM needs cannot be "
-                "computed (--medvram works)")
-    if family_for(model) is None:
-        return unsupported(model)
-    return None
+    return common.HOST.model_refusal(model)

@@ -1,11 +1,16 @@
-"""What every part of the A1111 adapter shares: the logger, the job's attribute on `p`, and how a user is told."""
+"""What every part of the web-UI adapter shares: the host, the logger, the job's attribute on `p`, how a user is
+told."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from .host import pick_host
+
 logger = logging.getLogger("t_sam")
+
+HOST = pick_host()  # A1111 or Forge, decided once when the script loads (host.py)
 
 JOB_ATTR = "tsam_job"  # the Job lives on its p; X/Y/Z cells are shallow copies of p and must not share it
 

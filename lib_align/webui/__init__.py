@@ -1,5 +1,7 @@
-"""AUTOMATIC1111 (1.10) adapter: the only part of lib_align that imports the host's `modules.*`.
+"""The web-UI adapter (AUTOMATIC1111 1.10 and Forge): the only part of lib_align that imports a host's `modules.*`.
 
+Both hosts share the `modules.*` API the extension uses (scripts, callbacks, processing, infotext, X/Y/Z); what
+differs between them is behind `host.Host` (`a1111.py`, `forge.py`), picked once when the script loads.
 This file is the list of hooks the script forwards to; each job has its own module:
 `script_args` (host-free: the argument vector), `refusals`, `job` (per-generation state and the update at each
 denoiser call), `infotext` (what an image records; paste fields), `output` ("Show attention" pictures and saving),

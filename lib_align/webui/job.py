@@ -1,11 +1,9 @@
 """One generation's T-SAM state (`Job`, kept on its `p`) and the update at each denoiser call.
 
-Where the update lands. The CFG denoiser builds `x_in` as a NEW tensor and passes that copy to `on_cfg_denoiser`
-(modules/sd_samplers_cfg_denoiser.py), so editing `params.x` alone changes one UNet call and the sampler then mixes
-D(x') with its old x. A forward pre-hook on `p.sampler.model_wrap_cfg` (registered before sampling) keeps a
-reference to the sampler's own `x` (the first argument of its forward, the sampler's loop variable); the callback
-optimises the conditional rows, writes the result into that tensor in place and rebuilds `params.x` (cond rows, then
-the uncond rows, all copies of the same x).
+Where the update lands is the host's business (`host.Host.step_latent`: A1111's CFG denoiser copies x, Forge's hands
+over the sampler's own). What is common: a forward pre-hook on `p.sampler.model_wrap_cfg` (registered before
+sampling) keeps a reference to the sampler's own `x` (the first argument of its forward, the sampler's loop
+variable); the callback optimises the conditional rows and the host writes the result where the sampler reads it.
 
 Ownership. The callback acts only when `params.denoiser.p` owns the job, so X/Y/Z cells (shallow copies of p) and
 nested jobs (ADetailer runs whole `process_images` inside `postprocess_image`) never use another job's state.
@@ -19,15 +17,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from modules import devices, prompt_parser, sd_samplers_common, shared
+from modules import prompt_parser, sd_samplers_common, shared
 from torch import Tensor
 
 from ..config import AlignConfig
-from ..families import ModelFamily, family_for
+from ..families import ModelFamily
 from ..optimizer import IterationCallback, StepReport
 from ..pictures import ImageAttention
 from ..session import AlignSession
 from ..text import ChunkTarget
+from . import common
 from .common import JOB_ATTR, logger, tell
 
 _hooked: list[Job] = []  # jobs holding a pre-hook; one whose sampling raised stays here until the next job starts
@@ -50,7 +49,7 @@ def clip_skip(family: ModelFamily) -> int | None:
 
 
 def current_family() -> ModelFamily | None:
-    return family_for(shared.sd_model, devices.device)
+    return common.HOST.family(shared.sd_model)
 
 
 class Job:
@@ -123,6 +122,8 @@ class Job:
         use_old = bool(getattr(shared.opts, "use_old_scheduling", False))
         schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(p.prompts), steps, None, use_old)
         self.schedules = [[(int(end), str(text)) for end, text in schedule] for schedule in schedules]
+        if any(text not in self.targets for schedule in self.schedules for _, text in schedule):
+            common.HOST.text_ready(self.family)
         for schedule in self.schedules:
             for _, text in schedule:
                 if text not in self.targets:
@@ -157,33 +158,30 @@ class Job:
         session = self._session(call, int(getattr(denoiser, "steps", 0) or self.p.steps), params.x)
         if not session.is_active(step):
             return
-        x, batch = self.sampler_x, len(self.schedules)
-        if x is None or self.x_call != call or x.shape[0] != batch:
+        sampler_x, batch = self.sampler_x, len(self.schedules)
+        if sampler_x is None or self.x_call != call or sampler_x.shape[0] != batch:
             self.stop("could not reach the sampler's latent; generating the rest without T-SAM.")
             return
         if shared.sd_model is not self.model:
             self.stop("the model changed during sampling (refiner?); T-SAM stops here.")
             return
-        if torch.is_inference_mode_enabled():
-            self.stop("sampling runs under torch.inference_mode: no gradients; generating without T-SAM.")
-            return
-        rows = params.x.shape[0]
         cond = self.family.cond_rows(params.text_cond, params.image_cond, batch)
-        if cond is None or rows % batch:
+        if cond is None or params.x.shape[0] % batch:
             self.stop("unexpected conditioning rows (multi-cond or another extension); T-SAM stops here.")
             return
-        sigma = params.sigma[:batch]
-        inner = denoiser.inner_model
+        latent = common.HOST.step_latent(self.family, denoiser, params, sampler_x, batch)
         textinfo = shared.state.textinfo
         # "Show attention" draws S after the optimisation: one more (no-grad, truncated) pass at the last step.
         measure = self.measure_after or (self.show and step == session.optimizer.last_step - 1)
         progress = self._progress(step, session)
         try:
-            if hasattr(inner, "sigma_to_t"):  # k-diffusion: sigma is a noise level and x = z / c_in
-                x_new, report = session.update_sigma_space(x, sigma, cond, step, inner.sigma_to_t,
-                                                           on_iteration=progress, measure_after=measure)
-            else:  # DDIM / PLMS / UniPC: sigma is the timestep and x already is z_t
-                x_new, report = session.update(x, sigma, cond, step, on_iteration=progress, measure_after=measure)
+            with common.HOST.gradient(self.family.unet):
+                if latent.sigma_to_t is not None:  # k-diffusion: level is a noise level and x = z / c_in
+                    x_new, report = session.update_sigma_space(latent.x, latent.level, cond, step, latent.sigma_to_t,
+                                                               on_iteration=progress, measure_after=measure)
+                else:  # DDIM / PLMS / UniPC on A1111: level is the timestep and x already is z_t
+                    x_new, report = session.update(latent.x, latent.level, cond, step, on_iteration=progress,
+                                                   measure_after=measure)
         finally:
             shared.state.textinfo = textinfo
         if report is None:
@@ -197,8 +195,7 @@ class Job:
         if not bool(torch.isfinite(x_new).all()):
             self.stop("the update was not finite; T-SAM stops here.")
             return
-        x.copy_(x_new.to(x.dtype))  # the sampler's own tensor: the update persists into its next step
-        params.x = x.repeat(rows // batch, *([1] * (x.dim() - 1))).to(params.x.dtype)
+        latent.write(x_new)
 
     def _session(self, call: int, total_steps: int, x_in: Tensor) -> AlignSession:
         """The session for the texts in force at this call (prompt editing switches text mid-run)."""

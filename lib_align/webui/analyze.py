@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..config import AlignConfig
 from ..pictures import target_picture
+from . import common
 from .common import logger
 from .job import clip_skip, current_family
 from .refusals import RE_AND, model_refusal
@@ -42,6 +43,7 @@ def analyze_prompt(prompt: str, power: float) -> tuple[Image.Image | None, str]:
         return None, "T-SAM: a generation is running; analyze the prompt when it is done."
     try:
         family = current_family()
+        common.HOST.text_ready(family)
         with torch.no_grad():
             named = family.analysis_targets(first, power, clip_skip(family))
         targets = named[0][1]  # the T that T-SAM uses

@@ -1,0 +1,84 @@
+"""Forge (lllyasviel/stable-diffusion-webui-forge, its 2024 `backend`): the same hooks, a different engine room.
+
+What differs from A1111 (paths are Forge's):
+- modules/processing.py runs `p.init`, sampling and decoding inside `torch.inference_mode()`, and backend/loader.py
+  builds the models inside it too: the latent, the conds and every weight are inference tensors. Our pass leaves
+  inference mode (`inference_mode(False)` + `enable_grad`), and the UNet's weights are swapped for normal aliases of
+  themselves for its duration (`lib_align.autograd`: autograd cannot save an inference tensor, and every layer whose
+  input needs a gradient saves its weight). The update is written back afterwards, in place, back inside the host's
+  inference mode, the only place an inference tensor may be written.
+- modules/sd_samplers_cfg_denoiser.py hands `CFGDenoiserParams` the forward's own x (cond and uncond are batched
+  later, in backend/sampling/sampling_function.py), one row per image, in k-diffusion space with a true sigma. For
+  k-diffusion samplers that x IS the sampler's; the timestep samplers (DDIM, PLMS, UniPC: `classic_ddim_eps_estimation`)
+  pass the sampler's z_t scaled by sqrt(sigma^2 + 1) as a new tensor, whose value the same forward goes on to use for
+  its eps: both are written.
+- The model is `sd_model.forge_objects.unet.model` (KModel; `lib_align.families.forge`), sigma -> t is its
+  predictor's `timestep`; Forge moves models between devices itself (backend/memory_management.py): the text encoder
+  is loaded before T is computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from backend import memory_management
+from torch import Tensor, nn
+
+from ..autograd import autograd_usable
+from ..families.forge import QUANTISED, forge_family_for, forge_unsupported, storage_dtype
+from .host import Host, StepLatent
+
+
+class Forge(Host):
+    name = "Forge"
+
+    def family(self, model: Any) -> Any:
+        return forge_family_for(model, memory_management.text_encoder_device())
+
+    def model_refusal(self, model: Any) -> str | None:
+        family = forge_family_for(model)
+        if family is None:
+            return forge_unsupported(model)
+        stored = storage_dtype(model)
+        if stored in QUANTISED:
+            return (f"quantised UNet weights ({stored}) are not supported: T-SAM takes a gradient through the UNet, "
+                    f"validated for fp16/bf16/fp32 weights only (set Diffusion in Low Bits to Automatic, or load an "
+                    f"fp16 checkpoint)")
+        if getattr(model, "is_inpaint", False):
+            return "inpainting models are not supported on Forge"
+        predictor = family.kmodel.predictor
+        kind = str(getattr(predictor, "prediction_type", "epsilon"))
+        if kind not in ("epsilon", "eps", "v_prediction") or float(getattr(predictor, "sigma_data", 1.0)) != 1.0:
+            return f"models with '{kind}' prediction are not supported (eps and v only)"
+        return None
+
+    def text_ready(self, family: Any) -> None:
+        memory_management.load_model_gpu(family.model.forge_objects.clip.patcher)
+
+    def gradient(self, unet: nn.Module) -> contextlib.AbstractContextManager:
+        return _out_of_inference_mode(unet)
+
+    def step_latent(self, family: Any, denoiser: Any, params: Any, sampler_x: Tensor, batch: int) -> StepLatent:
+        x = params.x
+        if x.shape[0] != batch:
+            raise RuntimeError(f"expected one latent row per image ({batch}), got {x.shape[0]}")
+        sigma = params.sigma[:batch]
+        scaled = bool(getattr(denoiser, "classic_ddim_eps_estimation", False))
+
+        def write(x_new: Tensor) -> None:
+            with torch.inference_mode():  # the host's tensors are inference tensors: written in place only here
+                x.copy_(x_new.to(x.dtype))
+                if sampler_x is not x:
+                    z = x_new / (sigma.float() ** 2 + 1.0).sqrt().view(-1, *([1] * (x.dim() - 1))) if scaled else x_new
+                    sampler_x.copy_(z.to(sampler_x.dtype))
+
+        return StepLatent(x, sigma, family.sigma_to_t, write)
+
+
+@contextlib.contextmanager
+def _out_of_inference_mode(unet: nn.Module) -> Iterator[None]:
+    with torch.inference_mode(False), torch.enable_grad(), autograd_usable(unet):
+        yield
