@@ -1,0 +1,1 @@
+"""Stand-in of Forge's backend/diffusion_engine/ (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""Stand-in of Forge's backend/modules/ (see the package docstring)."""

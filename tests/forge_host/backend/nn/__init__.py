@@ -1,0 +1,1 @@
+"""Stand-in of Forge's backend/nn/ (see the package docstring)."""

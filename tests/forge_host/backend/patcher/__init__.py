@@ -1,0 +1,1 @@
+"""Stand-in of Forge's backend/patcher/ (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""Stand-in of Forge's backend/sampling/ (see the package docstring)."""
