@@ -216,12 +216,15 @@ def generate(
     measure_after: bool = True,
     stop_early: bool = True,
     decode: bool = True,
+    quantize: bool = False,
 ) -> Generation:
-    """Sample one image with any standalone model (SD1, SD2, SDXL); `config=None` runs plain Stable Diffusion."""
+    """Sample one image with any standalone model (SD1, SD2, SDXL); `config=None` runs plain Stable Diffusion.
+    `quantize`: the UNet sees the nearest integer timestep of each sigma (A1111's "enable_quantization"; Forge's
+    predictor always does this), else the interpolated one (A1111's default)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     kd = import_k_diffusion()
-    denoiser = kd.external.CompVisDenoiser(sd)
+    denoiser = kd.external.CompVisDenoiser(sd, quantize=quantize)
     family = standalone_family(sd)
     power = config.power if config is not None else AlignConfig().power
     chunks, words = family.tokenize(prompt)

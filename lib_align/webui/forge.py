@@ -70,10 +70,12 @@ class Forge(Host):
 
         def write(x_new: Tensor) -> None:
             with torch.inference_mode():  # the host's tensors are inference tensors: written in place only here
+                if sampler_x is not x:  # DDIM & co.: the sampler's z_t = x / sqrt(sigma^2 + 1); add the change
+                    delta = x_new.to(x.dtype) - x  # (an unchanged x leaves z bitwise as it was)
+                    if scaled:
+                        delta = delta / (sigma.float() ** 2 + 1.0).sqrt().view(-1, *([1] * (x.dim() - 1)))
+                    sampler_x.add_(delta.to(sampler_x.dtype))
                 x.copy_(x_new.to(x.dtype))
-                if sampler_x is not x:
-                    z = x_new / (sigma.float() ** 2 + 1.0).sqrt().view(-1, *([1] * (x.dim() - 1))) if scaled else x_new
-                    sampler_x.copy_(z.to(sampler_x.dtype))
 
         return StepLatent(x, sigma, family.sigma_to_t, write)
 
