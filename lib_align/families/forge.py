@@ -54,6 +54,12 @@ def engine_targets(engine: Any, text: str, power: float, device: torch.device) -
     return chunk_targets(engine.text_encoder.transformer, ids, power, clip_skip, overrides, tokens=labels)
 
 
+def _normal(tensor: Tensor) -> Tensor:
+    """Forge makes its conds under inference mode; a checkpointed block (the Low memory setting) saves its inputs
+    for the backward, which autograd refuses for an inference tensor: hand the UNet a normal copy (a few KB)."""
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
 def storage_dtype(model: Any) -> str:
     """How the UNet's weights are stored ("float16", "nf4", "gguf", ...): backend/loader.py sets it on the model."""
     dtype = getattr(forge_unet(model), "storage_dtype", None)
@@ -97,8 +103,8 @@ class ForgeSD1(ModelFamily):
         """The UNet on z at timestep t, as KModel.apply_model calls it after its input scaling. Without the host's
         transformer_options: other extensions' attention patches would hide the layers T-SAM reads."""
         dtype = self.kmodel.computation_dtype
-        extra = {k: v.to(dtype) for k, v in cond.items() if k != "c_crossattn"}
-        return self.unet(z.to(dtype), t.float(), context=cond["c_crossattn"].to(dtype), control=None,
+        extra = {k: _normal(v.to(dtype)) for k, v in cond.items() if k != "c_crossattn"}
+        return self.unet(z.to(dtype), t.float(), context=_normal(cond["c_crossattn"].to(dtype)), control=None,
                          transformer_options={}, **extra)
 
     def uses_clip_skip(self, options: Any) -> bool:

@@ -517,3 +517,12 @@ def test_show_attention_adds_three_pictures_per_image(forge):
     first = res.index_of_first_image
     assert len(res.images) == first + 2 + 3 * 2
     assert res.infotexts[first + 2] == res.infotexts[first]  # each picture carries its image's infotext
+
+
+def test_low_memory_mode_gives_the_same_image_on_forge(forge, jobs):
+    """Gradient checkpointing of the pass (the Low memory setting) recomputes Forge's blocks inside the backward,
+    which runs inside our out-of-inference-mode context: the same update within float tolerance."""
+    default, _ = forge.txt2img(tsam=STRONG, **SMALL)
+    low, _ = forge.txt2img(tsam={**STRONG, "low_memory": True}, **SMALL)
+    assert jobs[1].config.low_memory and jobs[1].reports
+    torch.testing.assert_close(low.samples, default.samples, rtol=1e-4, atol=1e-4)
