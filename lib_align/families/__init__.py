@@ -11,6 +11,7 @@ Families read the host's model objects by attribute only (no `modules.*` import)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,9 +24,11 @@ from .sdxl import SDXL
 FAMILIES: list[type[ModelFamily]] = [SDXL, SD2, SD1]  # most specific first
 
 
-def family_for(model: Any, device: torch.device | None = None) -> ModelFamily | None:
-    """The family of a loaded model, or None when no family supports it. `device`: the host's compute device."""
-    for family in FAMILIES:
+def family_for(model: Any, device: torch.device | None = None,
+               families: Sequence[type[ModelFamily]] = FAMILIES) -> ModelFamily | None:
+    """The family of a loaded model, or None when none of `families` supports it (default: the ldm/sgm ones).
+    `device`: the host's compute device."""
+    for family in families:
         if family.detect(model):
             return family(model, device)
     return None

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..text import ChunkTarget, chunk_targets
+from . import family_for
 from .base import ModelFamily
 from .sd1 import chunk_labels, embedding_vectors
 
@@ -146,11 +147,8 @@ class ForgeSDXL(ForgeSD1):
 FORGE_FAMILIES: list[type[ForgeSD1]] = [ForgeSDXL, ForgeSD2, ForgeSD1]
 
 
-def forge_family_for(model: Any, device: torch.device | None = None) -> ForgeSD1 | None:
-    for family in FORGE_FAMILIES:
-        if family.detect(model):
-            return family(model, device)
-    return None
+def forge_family_for(model: Any, device: torch.device | None = None) -> ModelFamily | None:
+    return family_for(model, device, FORGE_FAMILIES)
 
 
 def forge_unsupported(model: Any) -> str:

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import forge_standin
+import harness
 import pytest
 import torch
 from backend import memory_management
+from harness import assert_normal, keep_finished_jobs
 from modules import script_callbacks, sd_samplers, shared
 from modules.script_callbacks import ScriptCallback
 
@@ -53,17 +55,7 @@ def forge(forge_session: forge_standin.ForgeHost, forge_sd15_engine: Any) -> Ite
 
 @pytest.fixture
 def jobs(forge: forge_standin.ForgeHost, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every T-SAM job that reaches postprocess (postprocess drops it from p)."""
-    seen: list[Any] = []
-    module = forge.module
-    original = module.finish
-
-    def keep(p: Any, *args: Any) -> None:
-        seen.append(module.own_job(p))
-        original(p, *args)
-
-    monkeypatch.setattr(module, "finish", keep)
-    return seen
+    return keep_finished_jobs(forge.module, monkeypatch)
 
 
 @pytest.fixture
@@ -80,7 +72,7 @@ def cfg_callbacks() -> list:
 
 
 def prehooks_left() -> int:
-    return sum(len(s.model_wrap_cfg._forward_pre_hooks) for s in sd_samplers.created)
+    return harness.prehooks_left(sd_samplers)
 
 
 def unet_of(engine: Any) -> torch.nn.Module:
@@ -90,12 +82,6 @@ def unet_of(engine: Any) -> torch.nn.Module:
 def unet_hook_count(engine: Any) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                for m in unet_of(engine).modules())
-
-
-def assert_normal(res: Any, count: int, size: int) -> None:
-    assert len(res.images) == res.index_of_first_image + count
-    assert all(image.size == (size, size) for image in res.images[res.index_of_first_image:])
-    assert res.samples is not None and bool(torch.isfinite(res.samples).all())
 
 
 def unchanged_latent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,7 +126,7 @@ def test_enabled_changes_the_image_and_lowers_the_loss(forge, jobs, measure, mon
     n = optimised(BASE["steps"])
     assert [r.step for r in job.reports] == [r.step for r in baseline.reports] == list(range(n))
     assert not torch.equal(steered.samples, without.samples)
-    assert_normal(steered, 1, 128)
+    assert_normal(steered, 1, 128, 128)
     for mine, ref in zip(job.reports, baseline.reports, strict=True):
         assert mine.loss_after[0] < ref.loss_before[0]
     assert sum(r.loss_before[0] for r in job.reports[1:]) < sum(r.loss_before[0] for r in baseline.reports[1:])
@@ -212,7 +198,7 @@ def test_hires_fix_second_pass_is_left_alone(forge, jobs):
     cfg_callbacks().append(ScriptCallback("test", lambda params: steps.append(bool(params.denoiser.p.is_hr_pass)),
                                           "pass"))
     res, _ = forge.txt2img(tsam=STRONG, enable_hr=True, hr_scale=2.0, **SMALL)
-    assert_normal(res, 1, 128)
+    assert_normal(res, 1, 128, 128)
     assert True in steps and False in steps  # both passes ran
     job = jobs[0]
     assert [r.step for r in job.reports] == list(range(optimised(SMALL["steps"])))  # first pass only
@@ -290,7 +276,7 @@ def test_no_hooks_or_callbacks_left_after_20_jobs(forge, jobs, forge_sd15_engine
             cfg_callbacks().append(ScriptCallback("test", interrupt, "interrupt"))
             res, _ = forge.txt2img(sampler_name=sampler, tsam=tsam, **SMALL)
             cfg_callbacks().pop()
-            assert_normal(res, 1, 64)
+            assert_normal(res, 1, 64, 64)
         else:
             res, p = forge.txt2img(sampler_name=sampler, tsam=tsam, **SMALL)
             assert p.tsam_job is None
@@ -318,7 +304,7 @@ def test_interrupt_and_skip_stop_the_optimisation_loop(forge, forge_sd15_engine,
     finally:
         handle.remove()
     assert len(forwards) == 1
-    assert_normal(res, 1, 128)
+    assert_normal(res, 1, 128, 128)
     assert prehooks_left() == 0 and unet_hook_count(forge_sd15_engine) == unet_hooks and p.tsam_job is None
 
 
@@ -411,7 +397,7 @@ def test_sdxl_on_forge_changes_the_image_and_lowers_the_loss(forge, jobs, measur
     without = forge.txt2img_without_extension(**BASE)
     res, _ = forge.txt2img(tsam=STRONG, **BASE)
     assert not torch.equal(res.samples, without.samples)
-    assert_normal(res, 1, 128)
+    assert_normal(res, 1, 128, 128)
     reports = jobs[0].reports
     assert len(reports) == optimised(BASE["steps"]) and all(r.loss_after[0] < r.loss_before[0] for r in reports)
     picture, message = forge.module.analyze_prompt(PROMPT, 1.0)

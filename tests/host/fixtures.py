@@ -6,9 +6,10 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import harness
 import pytest
 import standin
-import torch
+from harness import assert_normal, keep_finished_jobs  # noqa: F401 — assert_normal for the tests
 from modules import script_callbacks, shared
 
 # The fixtures; test modules take them with `from fixtures import *` (helpers below are imported by name).
@@ -36,16 +37,7 @@ def host(host_session: standin.Host) -> Iterator[standin.Host]:
 @pytest.fixture
 def jobs(host: standin.Host, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every T-SAM job that reaches postprocess, kept for inspection (postprocess drops it from p)."""
-    seen: list[Any] = []
-    module = host.module
-    original = module.finish
-
-    def keep(p: Any, *args: Any) -> None:
-        seen.append(module.own_job(p))
-        original(p, *args)
-
-    monkeypatch.setattr(module, "finish", keep)
-    return seen
+    return keep_finished_jobs(host.module, monkeypatch)
 
 
 @pytest.fixture
@@ -68,11 +60,4 @@ def unet_hook_count(model: Any) -> int:
 def prehooks_left() -> int:
     from modules import sd_samplers
 
-    return sum(len(s.model_wrap_cfg._forward_pre_hooks) for s in sd_samplers.created)
-
-
-def assert_normal(res: Any, count: int, width: int, height: int) -> None:
-    """A normal result: `count` images of the asked size (after the grid, if any) from finite latents."""
-    assert len(res.images) == res.index_of_first_image + count
-    assert all(image.size == (width, height) for image in res.images[res.index_of_first_image:])
-    assert res.samples is not None and bool(torch.isfinite(res.samples).all())
+    return harness.prehooks_left(sd_samplers)

@@ -54,6 +54,14 @@ class AbstractPrediction(torch.nn.Module):
     def inverse_noise_scaling(self, sigma: Tensor, latent: Tensor) -> Tensor:
         return latent / (1.0 - sigma) if self.prediction_type == "const" else latent
 
+    @property
+    def sigma_min(self) -> Tensor:  # properties in Forge's Prediction and PredictionFlux alike
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> Tensor:
+        return self.sigmas[-1]
+
 
 class Prediction(AbstractPrediction):
     def __init__(self, sigma_data: float = 1.0, prediction_type: str = "epsilon", beta_schedule: str = "linear",
@@ -71,14 +79,6 @@ class Prediction(AbstractPrediction):
     def set_sigmas(self, sigmas: Tensor) -> None:
         self.register_buffer("sigmas", sigmas.float())
         self.register_buffer("log_sigmas", sigmas.log().float())
-
-    @property
-    def sigma_min(self) -> Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> Tensor:
-        return self.sigmas[-1]
 
     def timestep(self, sigma: Tensor) -> Tensor:
         dists = sigma.log().to(self.log_sigmas.device) - self.log_sigmas[:, None]
@@ -105,14 +105,6 @@ class PredictionFlux(AbstractPrediction):
         self.mu = mu
         t = torch.arange(1, pseudo_timestep_range + 1, 1) / pseudo_timestep_range
         self.register_buffer("sigmas", math.exp(mu) / (math.exp(mu) + (1 / t - 1)))
-
-    @property
-    def sigma_min(self) -> Tensor:
-        return self.sigmas[0]
-
-    @property
-    def sigma_max(self) -> Tensor:
-        return self.sigmas[-1]
 
     def timestep(self, sigma: Tensor) -> Tensor:
         return sigma
