@@ -1,4 +1,4 @@
-"""Autograd through weights made under `torch.inference_mode()` (Forge loads every model that way).
+"""Autograd through Forge's UNet: weights made under `torch.inference_mode()`, and residual adds done in place.
 
 Forge's `backend/loader.py` builds the UNet and text encoders inside `@torch.inference_mode()` (`forge_loader`), so
 their parameters are inference tensors. Autograd refuses to save an inference tensor for backward, and every layer
@@ -48,3 +48,31 @@ def autograd_usable(module: nn.Module) -> Iterator[int]:
     finally:
         for store, name, tensor in reversed(swapped):
             store[name] = tensor
+
+
+@contextlib.contextmanager
+def norm_inputs_copied(module: nn.Module, norms: tuple[str, ...] = ("norm1", "norm2")) -> Iterator[int]:
+    """Inside the block, the transformer blocks' `norm1` / `norm2` get a copy of their input.
+
+    Forge's BasicTransformerBlock adds each attention's output to its input in place (`x += n` after attn1 and after
+    attn2, backend/nn/unet.py), and that input is the very tensor norm1 / norm2 saved for their backward: autograd
+    then refuses the backward ("modified by an inplace operation"). With a copy, the norm saves the copy and the
+    block's in-place add changes a tensor nothing saved; the values and the gradient are the same. ldm/sgm add out of
+    place and need none of this. Yields how many norms were given a copy; the hooks go on every exit path.
+    """
+    handles = []
+
+    def copy_input(_module: nn.Module, args: tuple) -> tuple:
+        return (args[0].clone(), *args[1:])
+
+    try:
+        for sub in module.modules():
+            if hasattr(sub, "attn2") and hasattr(sub, "attn1"):  # a transformer block
+                for name in norms:
+                    norm = getattr(sub, name, None)
+                    if isinstance(norm, nn.Module):
+                        handles.append(norm.register_forward_pre_hook(copy_input))
+        yield len(handles)
+    finally:
+        for handle in handles:
+            handle.remove()

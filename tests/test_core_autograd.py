@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lib_align.autograd import autograd_usable
+from lib_align.autograd import autograd_usable, norm_inputs_copied
 from lib_align.capture import attention_scale
 
 
@@ -82,3 +82,42 @@ def test_attention_scale_without_a_scale_attribute_is_torch_sdpa_default():
     ldm_like = nn.Module()
     ldm_like.heads, ldm_like.scale = 8, 0.125
     assert attention_scale(ldm_like, 320) == 0.125
+
+
+class _Block(nn.Module):
+    """A transformer block's residual structure: Forge adds in place (backend/nn/unet.py, `x += n`), ldm/sgm out of
+    place (`x = attn(norm(x)) + x`); the same weights either way."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.norm1, self.norm2 = nn.LayerNorm(8), nn.LayerNorm(8)
+        self.attn1, self.attn2 = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * 1.0  # the block input is an intermediate of the graph, as in the UNet
+        for norm, attn in ((self.norm1, self.attn1), (self.norm2, self.attn2)):
+            if self.in_place:
+                x += attn(norm(x))
+            else:
+                x = x + attn(norm(x))
+        return x
+
+
+def test_in_place_residual_adds_refuse_autograd_without_copies():
+    block = _Block(in_place=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        _grad(block, torch.randn(2, 5, 8))
+
+
+def test_norm_copies_give_the_out_of_place_gradient():
+    torch.manual_seed(0)
+    forge_like = _Block(in_place=True)
+    ldm_like = _Block(in_place=False)
+    ldm_like.load_state_dict(forge_like.state_dict())
+    x = torch.randn(2, 5, 8)
+    with norm_inputs_copied(forge_like) as hooked:
+        assert hooked == 2
+        got = _grad(forge_like, x)
+    torch.testing.assert_close(got, _grad(ldm_like, x), rtol=0, atol=0)
+    assert not forge_like.norm1._forward_pre_hooks and not forge_like.norm2._forward_pre_hooks

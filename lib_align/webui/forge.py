@@ -6,7 +6,9 @@ What differs from A1111 (paths are Forge's):
   inference mode (`inference_mode(False)` + `enable_grad`), and the UNet's weights are swapped for normal aliases of
   themselves for its duration (`lib_align.autograd`: autograd cannot save an inference tensor, and every layer whose
   input needs a gradient saves its weight). The update is written back afterwards, in place, back inside the host's
-  inference mode, the only place an inference tensor may be written.
+  inference mode, the only place an inference tensor may be written. Forge's transformer blocks also add each
+  attention's output into their input in place, the tensor their norms saved: the norms get a copy
+  (`lib_align.autograd.norm_inputs_copied`).
 - modules/sd_samplers_cfg_denoiser.py hands `CFGDenoiserParams` the forward's own x (cond and uncond are batched
   later, in backend/sampling/sampling_function.py), one row per image, in k-diffusion space with a true sigma. For
   k-diffusion samplers that x IS the sampler's; the timestep samplers (DDIM, PLMS, UniPC: `classic_ddim_eps_estimation`)
@@ -27,7 +29,7 @@ import torch
 from backend import memory_management
 from torch import Tensor, nn
 
-from ..autograd import autograd_usable
+from ..autograd import autograd_usable, norm_inputs_copied
 from ..families.forge import QUANTISED, forge_family_for, forge_unsupported, storage_dtype
 from .host import Host, StepLatent
 
@@ -82,5 +84,5 @@ class Forge(Host):
 
 @contextlib.contextmanager
 def _out_of_inference_mode(unet: nn.Module) -> Iterator[None]:
-    with torch.inference_mode(False), torch.enable_grad(), autograd_usable(unet):
+    with torch.inference_mode(False), torch.enable_grad(), autograd_usable(unet), norm_inputs_copied(unet):
         yield

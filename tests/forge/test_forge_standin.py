@@ -379,3 +379,17 @@ def test_every_stand_in_file_names_the_forge_file_it_mirrors() -> None:
         if path.name == "__init__.py":
             continue
         assert "Mirrors" in doc or "Stand-in only" in doc, path.relative_to(root)
+
+
+def test_residual_adds_are_in_place_as_forges(forge_sd15_engine: Any, tiny_model: Any) -> None:
+    """Forge's BasicTransformerBlock does `x += n` after each attention (backend/nn/unet.py): with the weights made
+    usable for autograd, a backward through the UNet still fails, on the in-place add."""
+    from lib_align.autograd import autograd_usable
+
+    unet = forge_sd15_engine.forge_objects.unet.model.diffusion_model
+    z = torch.randn(1, 4, 8, 8, requires_grad=True)
+    context = torch.randn(1, 77, 64)
+    with autograd_usable(unet), torch.enable_grad():
+        out = unet(z, torch.tensor([500.0]), context=context, transformer_options={})
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            torch.autograd.grad(out.sum(), [z])

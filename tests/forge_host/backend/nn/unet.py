@@ -164,10 +164,12 @@ class BasicTransformerBlock(nn.Module):
         replace = options.get("patches_replace", {})
         block = options.get("block")
         block_keys = ((block[0], block[1], options.get("block_index", 0)), block) if block is not None else ()
-        x = x + self._attention("attn1", self.attn1, self.norm1(x), None, patches, replace.get("attn1", {}),
-                                block_keys, extra)
-        x = x + self._attention("attn2", self.attn2, self.norm2(x), context, patches, replace.get("attn2", {}),
-                                block_keys, extra)
+        # In place, as Forge's BasicTransformerBlock._forward (`x += n` after each attention): x is the very tensor
+        # norm1 / norm2 saved for their backward, so a naive autograd pass through this block fails.
+        x += self._attention("attn1", self.attn1, self.norm1(x), None, patches, replace.get("attn1", {}),
+                             block_keys, extra)
+        x += self._attention("attn2", self.attn2, self.norm2(x), context, patches, replace.get("attn2", {}),
+                             block_keys, extra)
         return x + self.ff(self.norm3(x))
 
 
