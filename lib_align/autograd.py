@@ -76,3 +76,11 @@ def norm_inputs_copied(module: nn.Module, norms: tuple[str, ...] = ("norm1", "no
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def gradient_pass(unet: nn.Module) -> Iterator[None]:
+    """Everything a differentiable UNet pass needs inside a host that samples under inference mode (Forge): out of
+    inference mode with grad on, the weights as normal aliases, the transformer blocks' norms given copies."""
+    with torch.inference_mode(False), torch.enable_grad(), autograd_usable(unet), norm_inputs_copied(unet):
+        yield

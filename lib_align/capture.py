@@ -79,13 +79,13 @@ def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def attention_probs(q: Tensor, k: Tensor, heads: int, scale: float) -> Tensor:
-    """Head-averaged softmax(q k^T * scale) in fp32: q [B, n, heads*d], k [B, m, heads*d] -> [B, n, m]."""
+def attention_probs(q: Tensor, k: Tensor, heads: int, scale: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Head-averaged softmax(q k^T * scale) in fp32 (or `dtype`): q [B, n, heads*d], k [B, m, heads*d] -> [B, n, m]."""
     b, n, inner = q.shape
     d = inner // heads
     with full_precision(q.device):
-        qh = q.float().reshape(b, n, heads, d).transpose(1, 2)
-        kh = k.float().reshape(k.shape[0], k.shape[1], heads, d).transpose(1, 2)
+        qh = q.to(dtype).reshape(b, n, heads, d).transpose(1, 2)
+        kh = k.to(dtype).reshape(k.shape[0], k.shape[1], heads, d).transpose(1, 2)
         sim = torch.matmul(qh, kh.transpose(-1, -2)) * scale
         return sim.softmax(dim=-1).mean(dim=1)
 
@@ -120,6 +120,7 @@ class CrossAttentionCapture:
         level: int = DEFAULT_LEVEL,
         rows: slice | Tensor | None = None,
         stop_early: bool = False,
+        precision: torch.dtype = torch.float32,
     ) -> None:
         self.size = level_size(latent_hw[0], latent_hw[1], level)
         all_layers = cross_attention_layers(unet)
@@ -129,6 +130,7 @@ class CrossAttentionCapture:
         structural = all(a.ds is not None for a in self.layers)
         self.stop_after = self.layers[-1].module if (stop_early and structural) else None
         self.rows = rows
+        self.precision = precision  # of the maps; float64 only for checks against finite differences
         self._handles: list[Any] = []
         self._q: dict[nn.Module, Tensor] = {}
         self._k: dict[nn.Module, Tensor] = {}
@@ -182,7 +184,7 @@ class CrossAttentionCapture:
         # its backward must not be handed to the checkpoint (it would expect it again, in order): keep it here.
         saving = torch.autograd.graph.saved_tensors_hooks(_same, _same) if self._own_saved else contextlib.nullcontext()
         with saving:
-            probs = attention_probs(q, k, attn.heads, attention_scale(attn, q.shape[-1]))
+            probs = attention_probs(q, k, attn.heads, attention_scale(attn, q.shape[-1]), self.precision)
             self._sum = probs if self._sum is None else self._sum + probs
         self._count += 1
         if attn is self.stop_after:

@@ -33,7 +33,8 @@ def loss_and_grad(z: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor | None]:
     Images in a batch are independent in the UNet, so d(sum)/dz_b = dL_b/dz_b: one backward serves all. The
     graph is freed as soon as the gradient is taken, so nothing is kept between iterations.
     """
-    z_ = z.detach().requires_grad_(True)
+    # A host's inference tensor (Forge samples under inference mode) cannot require grad: a normal copy can.
+    z_ = (z.clone() if z.is_inference() else z).detach().requires_grad_(True)
     with torch.enable_grad():
         losses = loss_fn(z_)
         if not losses.requires_grad:  # nothing to align (prompts of < 2 tokens)

@@ -22,14 +22,13 @@ What differs from A1111 (paths are Forge's):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from backend import memory_management
 from torch import Tensor, nn
 
-from ..autograd import autograd_usable, norm_inputs_copied
+from ..autograd import gradient_pass
 from ..families.forge import QUANTISED, forge_family_for, forge_unsupported, storage_dtype
 from .host import Host, StepLatent
 
@@ -61,7 +60,7 @@ class Forge(Host):
         memory_management.load_model_gpu(family.model.forge_objects.clip.patcher)
 
     def gradient(self, unet: nn.Module) -> contextlib.AbstractContextManager:
-        return _out_of_inference_mode(unet)
+        return gradient_pass(unet)
 
     def step_latent(self, family: Any, denoiser: Any, params: Any, sampler_x: Tensor, batch: int) -> StepLatent:
         x = params.x
@@ -81,8 +80,3 @@ class Forge(Host):
 
         return StepLatent(x, sigma, family.sigma_to_t, write)
 
-
-@contextlib.contextmanager
-def _out_of_inference_mode(unet: nn.Module) -> Iterator[None]:
-    with torch.inference_mode(False), torch.enable_grad(), autograd_usable(unet), norm_inputs_copied(unet):
-        yield
