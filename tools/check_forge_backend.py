@@ -5,9 +5,9 @@ Run it with a Python that can import a Forge checkout's `backend` (a Forge insta
     /path/to/forge/venv/bin/python tools/check_forge_backend.py --forge /path/to/stable-diffusion-webui-forge
 
 Forge's own flags choose its attention function; pass them after `--` (e.g. `-- --attention-split`).
-It builds a small UNet with Forge's classes (backend/nn/unet.py, backend/operations.py) inside torch.inference_mode,
-as backend/loader.py builds every model, in float64, then inside an outer inference mode, as in Forge's
-CFG-denoiser callback:
+It builds small SD1- and SDXL-shaped UNets with Forge's classes (backend/nn/unet.py, backend/operations.py)
+inside torch.inference_mode, as backend/loader.py builds every model, in float64, then inside an outer inference
+mode, as in Forge's CFG-denoiser callback:
 1. a plain autograd pass fails (the weights are inference tensors), and so does one with the weights made usable
    (the transformer blocks add in place);
 2. inside `lib_align.autograd.gradient_pass`, the gradient through lib_align's Forge family of a float64 function of
@@ -29,11 +29,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A small SD1-shaped UNet in Forge's configuration form (what huggingface_guess derives from a checkpoint).
-UNET = dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=2, channel_mult=[1, 2, 4, 4],
-            num_heads=4, num_head_channels=-1, use_spatial_transformer=True, context_dim=64,
-            transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-            transformer_depth_middle=1)
+# Small UNets in Forge's configuration form (what huggingface_guess derives from a checkpoint): SD1's layout
+# (attention at ds 1, 2, 4) and SDXL's (none at ds 1, depth 1 then 2 where SDXL has 2 and 10, linear projections,
+# a pooled-text/size vector `y`).
+UNETS = {
+    "SD1": dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=2, channel_mult=[1, 2, 4, 4],
+                num_heads=4, num_head_channels=-1, use_spatial_transformer=True, context_dim=64,
+                transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1),
+    "SDXL": dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=2, channel_mult=[1, 2, 4],
+                 num_heads=-1, num_head_channels=8, use_spatial_transformer=True, context_dim=64,
+                 use_linear_in_transformer=True, num_classes="sequential", adm_in_channels=16,
+                 transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+                 transformer_depth_middle=2),
+}
 
 
 def main() -> int:
@@ -45,46 +54,58 @@ def main() -> int:
     sys.path[:0] = [str(Path(args.forge).resolve()), str(ROOT)]
 
     import torch
-    from backend import attention, operations
+    from backend import attention
+
+    print(f"Forge attention function: {attention.attention_function.__name__}")
+    ok = True
+    for name in UNETS:
+        print(f"{name}-shaped UNet:")
+        ok &= check_unet(torch, name, args.directions)
+    ok &= check_text_engine(torch)
+    return 0 if ok else 1
+
+
+def check_unet(torch: types.ModuleType, name: str, directions: int) -> bool:
+    from backend import operations
     from backend.nn.unet import IntegratedUNet2DConditionModel
 
     from lib_align.autograd import autograd_usable, gradient_pass
     from lib_align.capture import CrossAttentionCapture
-    from lib_align.families.forge import ForgeSD1
+    from lib_align.families.forge import ForgeSD1, ForgeSDXL
     from lib_align.loss import prompt_loss
     from lib_align.optimizer import loss_and_grad
     from lib_align.text import ChunkTarget
 
-    print(f"Forge attention function: {attention.attention_function.__name__}")
+    config = UNETS[name]
     torch.manual_seed(0)
     # The checkpoint: random weights with the keys and shapes of this UNet (built once with plain torch layers;
     # Forge's own layers have no weights until a state dict is loaded into them).
-    shapes = {k: v.shape for k, v in IntegratedUNet2DConditionModel(**UNET).state_dict().items()}
+    shapes = {k: v.shape for k, v in IntegratedUNet2DConditionModel(**config).state_dict().items()}
     with torch.inference_mode():  # backend/loader.py: forge_loader is decorated @torch.inference_mode()
         state = {k: torch.randn(shape, dtype=torch.float64) * 0.2 for k, shape in shapes.items()}
         with operations.using_forge_operations(device=torch.device("cpu"), dtype=torch.float64,
                                                manual_cast_enabled=False):
-            unet = IntegratedUNet2DConditionModel(**UNET)
+            unet = IntegratedUNet2DConditionModel(**config)
         unet.load_state_dict(state)
         unet = unet.to(torch.float64).eval()
         x = torch.randn(1, 4, 16, 16, dtype=torch.float64)
         t = torch.tensor([600.0], dtype=torch.float64)
-        context = torch.randn(1, 77, 64, dtype=torch.float64)
+        cond = {"c_crossattn": torch.randn(1, 77, 64, dtype=torch.float64)}
+        if name == "SDXL":
+            cond["y"] = torch.randn(1, 16, dtype=torch.float64)
     weights = dict(unet.named_parameters())
     ok = all(w.is_inference() for w in weights.values())
     print(f"[{'ok' if ok else 'FAIL'}] the UNet's {len(weights)} weights are inference tensors")
 
-    engine = types.SimpleNamespace(is_sd1=True, forge_objects=types.SimpleNamespace(unet=types.SimpleNamespace(
+    engine = types.SimpleNamespace(forge_objects=types.SimpleNamespace(unet=types.SimpleNamespace(
         model=types.SimpleNamespace(diffusion_model=unet, computation_dtype=torch.float64))))
-    family = ForgeSD1(engine, torch.device("cpu"))
+    family = (ForgeSDXL if name == "SDXL" else ForgeSD1)(engine, torch.device("cpu"))
     n = 6
     rows = torch.rand(n, n, dtype=torch.float64).tril() + torch.eye(n, dtype=torch.float64)
     targets = [ChunkTarget(0, rows / rows.sum(-1, keepdim=True), [f"w{i}" for i in range(n)])]
-    cond = {"c_crossattn": context}
     # Maps in float64 like the UNet here, so that finite differences resolve the derivative (T-SAM's own are fp32).
     capture = CrossAttentionCapture(family.unet, (16, 16), family.layout_level, stop_early=True,
                                     precision=torch.float64)
-
     weighting = torch.randn(1, 4, 4, 77, dtype=torch.float64)  # the maps at latent/4: 4x4 here
 
     def loss_fn(z: torch.Tensor) -> torch.Tensor:
@@ -114,7 +135,7 @@ def main() -> int:
             loss, loss_grad = loss_and_grad(x, loss_fn)
             _, grad = loss_and_grad(x, probe)
             worst = 0.0
-            for _ in range(args.directions):
+            for _ in range(directions):
                 v = torch.randn_like(grad)
                 eps = 1e-5
                 with torch.no_grad():
@@ -124,8 +145,8 @@ def main() -> int:
                 print(f"    directional derivative: autograd {analytic:.8e}, finite differences {numeric:.8e}")
         agree = worst < 1e-5
         ok &= agree
-        print(f"[{'ok' if agree else 'FAIL'}] the gradient through Forge's UNet agrees with finite differences: worst "
-              f"relative difference {worst:.2e}")
+        print(f"[{'ok' if agree else 'FAIL'}] the gradient through Forge's UNet ({capture.layer_count} maps) agrees "
+              f"with finite differences: worst relative difference {worst:.2e}")
         finite = loss_grad is not None and bool(torch.isfinite(loss_grad).all()) and float(loss_grad.abs().max()) > 0
         ok &= finite
         print(f"[{'ok' if finite else 'FAIL'}] T-SAM's loss {loss.item():.6f} has a finite, non-zero gradient "
@@ -133,8 +154,7 @@ def main() -> int:
     back = all(dict(unet.named_parameters())[k] is w and w.is_inference() for k, w in weights.items())
     ok &= back
     print(f"[{'ok' if back else 'FAIL'}] Forge's own inference-tensor weights are back in the UNet")
-    ok &= check_text_engine(torch)
-    return 0 if ok else 1
+    return ok
 
 
 def check_text_engine(torch: types.ModuleType) -> bool:
@@ -173,9 +193,10 @@ def check_text_engine(torch: types.ModuleType) -> bool:
         ids = torch.cat(fed)
         expected = chunk_targets(clip.transformer, ids, 2.0, clip_skip=2)
     same = len(got) == len(expected) == 2 and all(
-        torch.allclose(a.target, b.target, atol=1e-6) and a.offset == b.offset for a, b in zip(got, expected))
-    print(f"[{'ok' if same else 'FAIL'}] T through Forge's text engine ({len(got)} chunks, clip skip 2) is T of the ids "
-          f"it feeds its encoder; labels {got[0].tokens[:4]}")
+        torch.allclose(a.target, b.target, atol=1e-6) and a.offset == b.offset
+        for a, b in zip(got, expected, strict=True))
+    print(f"[{'ok' if same else 'FAIL'}] T through Forge's text engine ({len(got)} chunks, clip skip 2) is T of the "
+          f"ids it feeds its encoder; labels {got[0].tokens[:4]}")
     return same
 
 
