@@ -51,7 +51,9 @@ def main() -> int:
     parser.add_argument("--directions", type=int, default=3, help="random directions for the finite differences")
     args, forge_flags = parser.parse_known_args()
     sys.argv = [sys.argv[0], "--always-cpu", *[f for f in forge_flags if f != "--"]]  # backend/args.py reads these
-    sys.path[:0] = [str(Path(args.forge).resolve()), str(ROOT)]
+    forge = Path(args.forge).resolve()
+    # Forge's modules/paths.py puts its root and packages_3rdparty (its own gguf) on the path at startup.
+    sys.path[:0] = [str(forge), str(forge / "packages_3rdparty"), str(ROOT)]
 
     import torch
     from backend import attention

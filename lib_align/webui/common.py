@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .host import pick_host
+from .host import UnsupportedHost, pick_host
 
 logger = logging.getLogger("t_sam")
 
 HOST = pick_host()  # A1111 or Forge, decided once when the script loads (host.py)
+if isinstance(HOST, UnsupportedHost):  # said once at startup; each generation with T-SAM on says it again
+    logger.warning("T-SAM: %s; T-SAM stays off in this web UI.", HOST.reason)
 
 JOB_ATTR = "tsam_job"  # the Job lives on its p; X/Y/Z cells are shallow copies of p and must not share it
 
