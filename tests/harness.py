@@ -104,6 +104,17 @@ class WebUIHarness:
             callbacks[:] = saved
 
 
+def reset_common_state(shared: Any, sd_samplers: Any, script_callbacks: Any, images: Any) -> None:
+    """Between tests: the host's state and settings, and what the stand-in records (samplers made, callback errors,
+    images saved)."""
+    shared.state.reset()
+    shared.opts.__init__()
+    shared.cmd_opts.lowvram = False
+    sd_samplers.created.clear()
+    script_callbacks.reported.clear()
+    images.saved.clear()
+
+
 def keep_finished_jobs(module: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every T-SAM job that reaches postprocess (which drops it from p), kept for inspection: None for a job that
     had none."""

@@ -25,7 +25,7 @@ for _path in (str(ROOT), str(ROOT / "tests"), str(HOST), str(FORGE_HOST)):
 import gradio  # noqa: E402 — the A1111 stand-in's gradio, shared
 from backend import memory_management  # noqa: E402
 from backend.text_processing import classic_engine  # noqa: E402
-from harness import DEFAULT_PROMPT, HostModules, WebUIHarness  # noqa: E402, F401 — DEFAULT_PROMPT for the tests
+from harness import DEFAULT_PROMPT, HostModules, WebUIHarness, reset_common_state  # noqa: E402, F401 — DEFAULT_PROMPT for the tests
 from modules import images, processing, script_callbacks, scripts, sd_samplers, shared  # noqa: E402
 
 
@@ -39,12 +39,7 @@ class ForgeHost(WebUIHarness):
 
 
 def reset_host_state() -> None:
-    shared.state.reset()
-    shared.opts.__init__()
-    shared.cmd_opts.lowvram = False
-    sd_samplers.created.clear()
-    script_callbacks.reported.clear()
-    images.saved.clear()
+    reset_common_state(shared, sd_samplers, script_callbacks, images)
     memory_management.loaded.clear()
     memory_management.load_calls.clear()
     classic_engine.last_extra_generation_params.clear()

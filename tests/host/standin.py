@@ -19,7 +19,7 @@ for path in (str(ROOT), str(HOST.parent), str(HOST)):
     sys.path.insert(0, path)
 
 import gradio  # noqa: E402 — the stand-in
-from harness import DEFAULT_PROMPT, HostModules, WebUIHarness  # noqa: E402, F401 — DEFAULT_PROMPT for the tests
+from harness import DEFAULT_PROMPT, HostModules, WebUIHarness, reset_common_state  # noqa: E402, F401 — DEFAULT_PROMPT for the tests
 from modules import images, processing, script_callbacks, scripts, sd_samplers, shared  # noqa: E402
 from modules.sd_hijack_clip import FrozenCLIPEmbedderWithCustomWords, Hijack  # noqa: E402
 
@@ -59,9 +59,4 @@ class Host(WebUIHarness):
 
 
 def reset_host_state() -> None:
-    shared.state.reset()
-    shared.opts.__init__()
-    shared.cmd_opts.lowvram = False
-    sd_samplers.created.clear()
-    script_callbacks.reported.clear()
-    images.saved.clear()
+    reset_common_state(shared, sd_samplers, script_callbacks, images)
