@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,8 @@ import torch
 from PIL import Image
 
 from lib_align.config import AlignConfig
-from lib_align.session import AlignSession
-from lib_align.text import chunk_targets, tokenize_chunks
-from standalone.models import StableDiffusion, import_k_diffusion
-from standalone.pipeline import SAMPLERS, GuidedDenoiser, encode, to_image
+from standalone.models import StableDiffusion
+from standalone.pipeline import SAMPLERS, generate
 
 from .metrics import SetupError
 from .prompt_sets import PromptSet
@@ -134,41 +131,13 @@ def prepare_model(sd: StableDiffusion, device: torch.device, dtype: str) -> Stab
 
 def sample(sd: StableDiffusion, prompt: str, config: AlignConfig | None, settings: GenerationSettings, seed: int,
            device: torch.device) -> Image.Image:
-    """One image, as `standalone.pipeline.generate` makes it (the same session, guided denoiser and k-diffusion
-    sampler), on any device and in fp16 if asked.
-
-    `generate` builds its tensors on the CPU; this is the same sequence of calls with the tensors on `device`
-    (the tests check that both give the same image on the CPU). The initial noise is always drawn on the CPU, so a
-    seed means the same image whatever the device, as with the web UI's "CPU" random number source.
-    """
+    """One image, as `standalone.pipeline.generate` makes it, on `device` and in fp16 if asked (A&E's prompts: no
+    negative prompt)."""
     if settings.sampler not in SAMPLERS:
         raise SetupError(f"unknown sampler {settings.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    kd = import_k_diffusion()
-    denoiser = kd.external.CompVisDenoiser(sd)
-    tokenizer = sd.cond_stage_model.tokenizer
-    text_model = sd.cond_stage_model.transformer
-    fp16 = settings.dtype == "fp16"
-    autocast = torch.autocast(device.type, dtype=torch.float16) if fp16 else nullcontext()
-    with autocast:
-        power = config.power if config is not None else AlignConfig().power
-        chunks, words = tokenize_chunks(tokenizer, prompt)
-        chunks = chunks.to(device)
-        targets = chunk_targets(text_model, chunks, power, tokens=words)
-        empty, _ = tokenize_chunks(tokenizer, "")
-        uncond_chunks = torch.cat([empty] * chunks.shape[0]).to(device)  # A&E's prompts: no negative prompt
-        cond, uncond = encode(sd, chunks), encode(sd, uncond_chunks)
-        latent_hw = (settings.height // 8, settings.width // 8)
-        session = None
-        if config is not None:
-            session = AlignSession(sd.unet, sd.apply_model, [targets], config, settings.steps, latent_hw)
-        sigmas = denoiser.get_sigmas(settings.steps)
-        model = GuidedDenoiser(denoiser, cond, uncond, settings.cfg_scale, sigmas, session, measure_after=False)
-        generator = torch.Generator().manual_seed(seed)
-        x = torch.randn((1, sd.config.latent_channels, *latent_hw), generator=generator).to(device) * sigmas[0]
-        torch.manual_seed(seed)  # ancestral samplers draw their noise from the global generator
-        with torch.no_grad():
-            latent = getattr(kd.sampling, SAMPLERS[settings.sampler])(model, x, sigmas, disable=True)
-        return to_image(sd, latent)
+    return generate(sd, prompt, config, steps=settings.steps, width=settings.width, height=settings.height, seed=seed,
+                    cfg_scale=settings.cfg_scale, sampler=settings.sampler, measure_after=False, device=device,
+                    fp16=settings.dtype == "fp16").image
 
 
 def _save(image: Image.Image, path: Path) -> None:

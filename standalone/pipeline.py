@@ -9,6 +9,7 @@ of the cond) sits in a small `StandaloneFamily` per class, and T is computed by 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,24 +218,38 @@ def generate(
     stop_early: bool = True,
     decode: bool = True,
     quantize: bool = False,
+    device: torch.device | None = None,
+    fp16: bool = False,
 ) -> Generation:
     """Sample one image with any standalone model (SD1, SD2, SDXL); `config=None` runs plain Stable Diffusion.
     `quantize`: the UNet sees the nearest integer timestep of each sigma (A1111's "enable_quantization"; Forge's
-    predictor always does this), else the interpolated one (A1111's default)."""
+    predictor always does this), else the interpolated one (A1111's default). `device`: where the model is (the
+    initial noise is always drawn on the CPU, so a seed is the same image on any device, as with the web UI's "CPU"
+    random number source); `fp16`: under fp16 autocast, as the web UI on a GPU."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    device = device or torch.device("cpu")
+    with torch.autocast(device.type, dtype=torch.float16) if fp16 else contextlib.nullcontext():
+        return _generate(sd, prompt, config, negative, steps, width, height, seed, cfg_scale, sampler, clip_skip,
+                         measure_after, stop_early, decode, quantize, device)
+
+
+def _generate(sd: Any, prompt: str, config: AlignConfig | None, negative: str, steps: int, width: int, height: int,
+              seed: int, cfg_scale: float, sampler: str, clip_skip: int, measure_after: bool, stop_early: bool,
+              decode: bool, quantize: bool, device: torch.device) -> Generation:
     kd = import_k_diffusion()
     denoiser = kd.external.CompVisDenoiser(sd, quantize=quantize)
     family = standalone_family(sd)
     power = config.power if config is not None else AlignConfig().power
     chunks, words = family.tokenize(prompt)
+    chunks = chunks.to(device)
     targets = family.targets(chunks, words, power, clip_skip)
     neg_chunks, _ = family.tokenize(negative)
     # The shorter side is padded with empty chunks so cond and uncond have the same context length, as in A1111.
     n = max(len(chunks), len(neg_chunks))
     empty, _ = family.tokenize("")
-    chunks_p = torch.cat([chunks] + [empty] * (n - len(chunks)))
-    neg_p = torch.cat([neg_chunks] + [empty] * (n - len(neg_chunks)))
+    chunks_p = torch.cat([chunks] + [empty.to(device)] * (n - len(chunks)))
+    neg_p = torch.cat([neg_chunks] + [empty] * (n - len(neg_chunks))).to(device)
     cond = family.encode(chunks_p, clip_skip, size=(height, width))
     uncond = family.encode(neg_p, clip_skip, size=(height, width), empty=negative == "")
 
@@ -254,7 +269,7 @@ def generate(
 
     model = GuidedDenoiser(denoiser, cond, uncond, cfg_scale, sigmas, session, measure_after, on_report)
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((1, sd.config.latent_channels, *latent_hw), generator=generator) * sigmas[0]
+    x = torch.randn((1, sd.config.latent_channels, *latent_hw), generator=generator).to(device) * sigmas[0]
     sample_fn = getattr(kd.sampling, SAMPLERS[sampler])
     torch.manual_seed(seed)  # ancestral samplers draw their noise from the global generator
     with torch.no_grad():  # as in A1111: sampling runs without grad; T-SAM enables it for its own pass only

@@ -182,7 +182,8 @@ def test_t_sam_doing_worse_fails_the_command(first_run, tiny_clip, tmp_path, cap
 
 
 def test_sampling_equals_the_standalone_pipeline(tiny_model):
-    """The evaluation's device-aware sampler runs the same calls as standalone.pipeline.generate: same image."""
+    """The evaluation's settings (size, steps, sampler, CFG, the A&E setup's empty negative prompt) reach
+    standalone.pipeline.generate as the demo's own call gives them: the same image."""
     torch.set_num_threads(1)
     from evaluation.runner import GenerationSettings, sample
     from lib_align.config import AlignConfig
