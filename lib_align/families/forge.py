@@ -147,8 +147,9 @@ class ForgeSDXL(ForgeSD1):
 FORGE_FAMILIES: list[type[ForgeSD1]] = [ForgeSDXL, ForgeSD2, ForgeSD1]
 
 
-def forge_family_for(model: Any, device: torch.device | None = None) -> ModelFamily | None:
-    return family_for(model, device, FORGE_FAMILIES)
+def forge_family_for(model: Any, device: torch.device | None = None) -> ForgeSD1 | None:
+    family = family_for(model, device, FORGE_FAMILIES)
+    return family if isinstance(family, ForgeSD1) else None
 
 
 def forge_unsupported(model: Any) -> str:

@@ -29,14 +29,14 @@ from backend import memory_management
 from torch import Tensor, nn
 
 from ..autograd import gradient_pass
-from ..families.forge import QUANTISED, forge_family_for, forge_unsupported, storage_dtype
+from ..families.forge import QUANTISED, ForgeSD1, forge_family_for, forge_unsupported, storage_dtype
 from .host import Host, StepLatent
 
 
 class Forge(Host):
     name = "Forge"
 
-    def family(self, model: Any) -> Any:
+    def family(self, model: Any) -> ForgeSD1 | None:
         return forge_family_for(model, memory_management.text_encoder_device())
 
     def model_refusal(self, model: Any) -> str | None:
@@ -56,13 +56,13 @@ class Forge(Host):
             return f"models with '{kind}' prediction are not supported (eps and v only)"
         return None
 
-    def text_ready(self, family: Any) -> None:
+    def text_ready(self, family: ForgeSD1) -> None:
         memory_management.load_model_gpu(family.model.forge_objects.clip.patcher)
 
     def gradient(self, unet: nn.Module) -> contextlib.AbstractContextManager:
         return gradient_pass(unet)
 
-    def step_latent(self, family: Any, denoiser: Any, params: Any, sampler_x: Tensor, batch: int) -> StepLatent:
+    def step_latent(self, family: ForgeSD1, denoiser: Any, params: Any, sampler_x: Tensor, batch: int) -> StepLatent:
         x = params.x
         if x.shape[0] != batch:
             raise RuntimeError(f"expected one latent row per image ({batch}), got {x.shape[0]}")
