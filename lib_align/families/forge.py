@@ -61,10 +61,9 @@ def _normal(tensor: Tensor) -> Tensor:
     return tensor.clone() if tensor.is_inference() else tensor
 
 
-def storage_dtype(model: Any) -> str:
-    """How the UNet's weights are stored ("float16", "nf4", "gguf", ...): backend/loader.py sets it on the model."""
-    dtype = getattr(forge_unet(model), "storage_dtype", None)
-    return str(dtype).removeprefix("torch.")
+def storage_dtype(unet: nn.Module) -> str:
+    """How the UNet's weights are stored ("float16", "nf4", "gguf", ...): backend/loader.py sets it on the UNet."""
+    return str(getattr(unet, "storage_dtype", None)).removeprefix("torch.")
 
 
 def forge_unet(model: Any) -> nn.Module | None:

@@ -43,7 +43,7 @@ class Forge(Host):
         family = forge_family_for(model)
         if family is None:
             return forge_unsupported(model)
-        stored = storage_dtype(model)
+        stored = storage_dtype(family.unet)
         if stored in QUANTISED:
             return (f"quantised UNet weights ({stored}) are not supported: T-SAM takes a gradient through the UNet, "
                     f"validated for fp16/bf16/fp32 weights only (set Diffusion in Low Bits to Automatic, or load an "
@@ -79,4 +79,3 @@ class Forge(Host):
                 x.copy_(x_new.to(x.dtype))
 
         return StepLatent(x, sigma, family.sigma_to_t, write)
-

@@ -122,12 +122,11 @@ class Job:
         use_old = bool(getattr(shared.opts, "use_old_scheduling", False))
         schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(p.prompts), steps, None, use_old)
         self.schedules = [[(int(end), str(text)) for end, text in schedule] for schedule in schedules]
-        if any(text not in self.targets for schedule in self.schedules for _, text in schedule):
+        missing = dict.fromkeys(text for schedule in self.schedules for _, text in schedule if text not in self.targets)
+        if missing:
             common.HOST.text_ready(self.family)
-        for schedule in self.schedules:
-            for _, text in schedule:
-                if text not in self.targets:
-                    self.targets[text] = self.family.prompt_targets(text, self.config.power, clip_skip(self.family))
+        for text in missing:
+            self.targets[text] = self.family.prompt_targets(text, self.config.power, clip_skip(self.family))
         if not any(chunk.length >= 2 for chunks in self.targets.values() for chunk in chunks):
             self.skipped = "the prompt has fewer than two tokens: nothing to align; generating without T-SAM."
             self.say(self.skipped)
