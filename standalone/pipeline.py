@@ -230,49 +230,42 @@ def generate(
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     device = device or torch.device("cpu")
     with torch.autocast(device.type, dtype=torch.float16) if fp16 else contextlib.nullcontext():
-        return _generate(sd, prompt, config, negative, steps, width, height, seed, cfg_scale, sampler, clip_skip,
-                         measure_after, stop_early, decode, quantize, device)
+        kd = import_k_diffusion()
+        denoiser = kd.external.CompVisDenoiser(sd, quantize=quantize)
+        family = standalone_family(sd)
+        power = config.power if config is not None else AlignConfig().power
+        chunks, words = family.tokenize(prompt)
+        chunks = chunks.to(device)
+        targets = family.targets(chunks, words, power, clip_skip)
+        neg_chunks, _ = family.tokenize(negative)
+        # The shorter side is padded with empty chunks so cond and uncond have the same context length, as in A1111.
+        n = max(len(chunks), len(neg_chunks))
+        empty, _ = family.tokenize("")
+        chunks_p = torch.cat([chunks] + [empty.to(device)] * (n - len(chunks)))
+        neg_p = torch.cat([neg_chunks] + [empty] * (n - len(neg_chunks))).to(device)
+        cond = family.encode(chunks_p, clip_skip, size=(height, width))
+        uncond = family.encode(neg_p, clip_skip, size=(height, width), empty=negative == "")
 
+        latent_hw = (height // 8, width // 8)
+        session = None
+        if config is not None:
+            session = AlignSession(sd.unet, sd.apply_model, [targets], config, steps, latent_hw,
+                                   level=family.layout_level, stop_early=stop_early)
+        sigmas = denoiser.get_sigmas(steps)
+        losses: list[dict[str, Any]] = []
 
-def _generate(sd: Any, prompt: str, config: AlignConfig | None, negative: str, steps: int, width: int, height: int,
-              seed: int, cfg_scale: float, sampler: str, clip_skip: int, measure_after: bool, stop_early: bool,
-              decode: bool, quantize: bool, device: torch.device) -> Generation:
-    kd = import_k_diffusion()
-    denoiser = kd.external.CompVisDenoiser(sd, quantize=quantize)
-    family = standalone_family(sd)
-    power = config.power if config is not None else AlignConfig().power
-    chunks, words = family.tokenize(prompt)
-    chunks = chunks.to(device)
-    targets = family.targets(chunks, words, power, clip_skip)
-    neg_chunks, _ = family.tokenize(negative)
-    # The shorter side is padded with empty chunks so cond and uncond have the same context length, as in A1111.
-    n = max(len(chunks), len(neg_chunks))
-    empty, _ = family.tokenize("")
-    chunks_p = torch.cat([chunks] + [empty.to(device)] * (n - len(chunks)))
-    neg_p = torch.cat([neg_chunks] + [empty] * (n - len(neg_chunks))).to(device)
-    cond = family.encode(chunks_p, clip_skip, size=(height, width))
-    uncond = family.encode(neg_p, clip_skip, size=(height, width), empty=negative == "")
+        def on_report(report: Any) -> None:
+            entry = {"step": report.step, "loss_before": report.loss_before[0], "iterations": report.iterations}
+            if report.loss_after is not None:
+                entry["loss_after"] = report.loss_after[0]
+            losses.append(entry)
 
-    latent_hw = (height // 8, width // 8)
-    session = None
-    if config is not None:
-        session = AlignSession(sd.unet, sd.apply_model, [targets], config, steps, latent_hw,
-                               level=family.layout_level, stop_early=stop_early)
-    sigmas = denoiser.get_sigmas(steps)
-    losses: list[dict[str, Any]] = []
-
-    def on_report(report: Any) -> None:
-        entry = {"step": report.step, "loss_before": report.loss_before[0], "iterations": report.iterations}
-        if report.loss_after is not None:
-            entry["loss_after"] = report.loss_after[0]
-        losses.append(entry)
-
-    model = GuidedDenoiser(denoiser, cond, uncond, cfg_scale, sigmas, session, measure_after, on_report)
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((1, sd.config.latent_channels, *latent_hw), generator=generator).to(device) * sigmas[0]
-    sample_fn = getattr(kd.sampling, SAMPLERS[sampler])
-    torch.manual_seed(seed)  # ancestral samplers draw their noise from the global generator
-    with torch.no_grad():  # as in A1111: sampling runs without grad; T-SAM enables it for its own pass only
-        latent = sample_fn(model, x, sigmas, disable=True)
-    image = to_image(sd, latent) if decode else Image.new("RGB", (width, height))
-    return Generation(image=image, latent=latent, targets=targets, session=session, losses=losses)
+        model = GuidedDenoiser(denoiser, cond, uncond, cfg_scale, sigmas, session, measure_after, on_report)
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn((1, sd.config.latent_channels, *latent_hw), generator=generator).to(device) * sigmas[0]
+        sample_fn = getattr(kd.sampling, SAMPLERS[sampler])
+        torch.manual_seed(seed)  # ancestral samplers draw their noise from the global generator
+        with torch.no_grad():  # as in A1111: sampling runs without grad; T-SAM enables it for its own pass only
+            latent = sample_fn(model, x, sigmas, disable=True)
+        image = to_image(sd, latent) if decode else Image.new("RGB", (width, height))
+        return Generation(image=image, latent=latent, targets=targets, session=session, losses=losses)
