@@ -27,7 +27,9 @@ def _old_emphasis() -> bool:
     return bool(getattr(opts, "use_old_emphasis_implementation", False))
 
 
-class FrozenOpenCLIPEmbedderWithCustomWords(sd_hijack_clip.FrozenCLIPEmbedderWithCustomWordsBase):
+class _OpenCLIPTokens(sd_hijack_clip.FrozenCLIPEmbedderWithCustomWordsBase):
+    """What the host's two OpenCLIP wrappers share word for word: open_clip's tokenizer ids, padding with 0."""
+
     def __init__(self, wrapped, hijack):
         super().__init__(wrapped, hijack)
         self.comma_token = tokenizer.encoder[",</w>"]
@@ -39,6 +41,8 @@ class FrozenOpenCLIPEmbedderWithCustomWords(sd_hijack_clip.FrozenCLIPEmbedderWit
         assert not _old_emphasis(), "Old emphasis implementation not supported for Open Clip"
         return [tokenizer.encode(text) for text in texts]
 
+
+class FrozenOpenCLIPEmbedderWithCustomWords(_OpenCLIPTokens):
     def encode_with_transformers(self, tokens):
         # The host never sets wrapped.layer_idx from opts.CLIP_stop_at_last_layers: the config's layer is used.
         fixes, self.hijack.fixes = self.hijack.fixes, None
@@ -50,18 +54,7 @@ class FrozenOpenCLIPEmbedderWithCustomWords(sd_hijack_clip.FrozenCLIPEmbedderWit
         return self.wrapped.model.token_embedding(ids).squeeze(0)
 
 
-class FrozenOpenCLIPEmbedder2WithCustomWords(sd_hijack_clip.FrozenCLIPEmbedderWithCustomWordsBase):
-    def __init__(self, wrapped, hijack):
-        super().__init__(wrapped, hijack)
-        self.comma_token = tokenizer.encoder[",</w>"]
-        self.id_start = tokenizer.encoder["<start_of_text>"]
-        self.id_end = tokenizer.encoder["<end_of_text>"]
-        self.id_pad = 0
-
-    def tokenize(self, texts):
-        assert not _old_emphasis(), "Old emphasis implementation not supported for Open Clip"
-        return [tokenizer.encode(text) for text in texts]
-
+class FrozenOpenCLIPEmbedder2WithCustomWords(_OpenCLIPTokens):
     def encode_with_transformers(self, tokens):
         # sgm's embedder returns {"last", "penultimate", "pooled"}; the cond is the configured layer ("penultimate"
         # in sd_xl_base.yaml), the pooled vector rides along on the tensor as the host does it.
