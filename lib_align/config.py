@@ -99,10 +99,7 @@ class AlignConfig:
     @classmethod
     def official(cls, **overrides: Any) -> AlignConfig:
         """The official code's defaults: row cosine loss, k 3, alpha 5*sqrt(linspace(1, .5)), 30/50 steps, refine."""
-        base = dict(preset=OFFICIAL, loss_form="official", power=3.0, step_size=5.0, step_decay=0.5,
-                    steps_fraction=0.6, refine=REFINE_OFFICIAL)
-        base.update(overrides)
-        return cls(**base)
+        return cls(**{**OFFICIAL_VALUES, **overrides})
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> AlignConfig:
@@ -155,6 +152,13 @@ class AlignConfig:
         last = self.optimised_steps(total_steps)
         return {s for s in (int(round(r * total_steps)) for r in self.refine_at) if s < last}
 
+    def with_preset(self, name: str) -> AlignConfig:
+        """A copy that runs preset `name`: the settings a preset decides (`PRESET_FIELDS`) take its values, the
+        others (refinement positions and cap, threshold, smoothing, memory) keep theirs. This is what "preset" means
+        in an API dict on top of an infotext's settings and on an X/Y/Z axis."""
+        preset = AlignConfig.from_preset(str(name))
+        return self.replace(**{name_: getattr(preset, name_) for name_ in PRESET_FIELDS})
+
     def replace(self, **changes: Any) -> AlignConfig:
         """A copy with some settings changed (by field name), validated like any other."""
         return dataclasses.replace(self, **changes)
@@ -199,6 +203,13 @@ class AlignConfig:
         named = {f.name: params[f.metadata["key"]] for f in cls.settings() if f.metadata["key"] in params}
         preset = named.pop("preset", PAPER)
         return cls.from_preset(str(preset), **named)
+
+
+# What the "Official code" preset sets; the paper's values for these are the dataclass defaults. A preset decides
+# exactly these settings (`with_preset`).
+OFFICIAL_VALUES: dict[str, Any] = dict(preset=OFFICIAL, loss_form="official", power=3.0, step_size=5.0,
+                                       step_decay=0.5, steps_fraction=0.6, refine=REFINE_OFFICIAL)
+PRESET_FIELDS = tuple(OFFICIAL_VALUES)
 
 
 def resolve_setting_names(args: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import AlignConfig
-from .script_args import SHOW_ATTENTION  # item id of the "Show attention" switch (and its API dict name)
+from .script_args import POSITIONAL, SHOW_ATTENTION, SWITCH
 
 TITLE = "T-SAM"  # the accordion's label, the script's title() and, lower-cased, its API key
-ENABLED = "enabled"  # item id of the enable switch (the accordion itself)
+ENABLED = SWITCH  # item id of the enable switch (the accordion itself)
 # Shown at once; the other settings sit in a closed "Advanced" accordion. A layout choice, not a list of settings.
 MAIN = ("preset", "step_size", "steps_fraction", "loss_form", "power", "refine", "refine_iters")
 HINTS_CLASS = "tsam-hints"  # javascript/t_sam.js reads the hover texts from this hidden element
@@ -37,8 +37,8 @@ Analyze = Callable[[str, float], tuple[Any, str]]
 
 @dataclass
 class Controls:
-    """The accordion's components. `inputs` is the script's argument vector: [enabled, *settings, show_attention]
-    (settings in `AlignConfig.settings()` order, the order of `AlignConfig.to_args()`)."""
+    """The accordion's components. `settings` are in `AlignConfig.settings()` order; `inputs` is the script's
+    argument vector, in `script_args.POSITIONAL` order (frozen, so old API calls keep their meaning)."""
 
     enabled: Any
     settings: list[Any]
@@ -49,7 +49,9 @@ class Controls:
 
     @property
     def inputs(self) -> list[Any]:
-        return [self.enabled, *self.settings, self.show_attention]
+        by_name = {ENABLED: self.enabled, SHOW_ATTENTION: self.show_attention,
+                   **dict(zip((f.name for f in AlignConfig.settings()), self.settings, strict=True))}
+        return [by_name[name] for name in POSITIONAL]
 
 
 def component(gr: Any, f: dataclasses.Field, value: Any, elem_id: Callable[[str], str]) -> Any:
@@ -120,7 +122,9 @@ def build(gr: Any, input_accordion: Any, elem_id: Callable[[str], str], prompt: 
             show = gr.Checkbox(value=False, label="Show attention", elem_id=elem_id(SHOW_ATTENTION))
             button = gr.Button(value="Analyze prompt", elem_id=elem_id("analyze"), visible=can_analyze)
         note = gr.HTML(value="", elem_id=elem_id("analysis_note"))
-        analysis = gr.Image(label="T of the prompt", type="pil", interactive=False, visible=False,
+        # No label: gradio 3 and 4 draw the label as a chip over the picture's top-left corner, where its own
+        # panel titles are. The message above it says what the picture is.
+        analysis = gr.Image(label="T of the prompt", show_label=False, type="pil", interactive=False, visible=False,
                             elem_id=elem_id("analysis"))
         gr.HTML(value=hints_html(elem_id))
     controls = Controls(enabled, [made[f.name] for f in AlignConfig.settings()], show, button, analysis, note)

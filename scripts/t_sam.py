@@ -17,7 +17,7 @@ webui.register_callbacks()
 
 
 class TSamScript(scripts.Script):
-    """The "T-SAM" accordion. Argument vector: [enabled, *AlignConfig().to_args(), show_attention]."""
+    """The "T-SAM" accordion. Argument vector: lib_align.script_args.POSITIONAL."""
 
     section = "accordions"  # beside Hires fix and Refiner
     create_group = False  # the InputAccordion is the whole UI; no extra gr.Group around it

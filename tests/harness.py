@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from lib_align.config import AlignConfig
+from lib_align.script_args import positional_args
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -74,7 +75,7 @@ class WebUIHarness:
             named = dict(tsam)
             enabled = named.pop("enabled", True)
             show = named.pop("show_attention", False)
-            tsam = [enabled, *AlignConfig.from_args(named).to_args(), show]
+            tsam = positional_args(enabled, AlignConfig.from_args(named), show)
         script_args[self.script.args_from:self.script.args_from + len(tsam)] = list(tsam)
         return script_args
 

@@ -180,3 +180,87 @@ def test_each_batch_records_its_own_outcome(host, jobs):
     first, second = res.infotexts[-2:]
     assert "skipped (" in first and "T-SAM preset" not in first
     assert "T-SAM preset: Paper" in second and "skipped" not in second
+
+
+# -- the named form on top of an infotext (issue: a dict threw the infotext's settings away) ---------------------------
+
+TUNED = {"preset": OFFICIAL, "step_size": 7.5, "refine": "while above", "refine_iters": 5}
+
+
+@pytest.mark.parametrize("named", [{"show_attention": True}, {"enabled": True}, {}])
+def test_a_dict_goes_on_top_of_the_infotexts_settings(host, jobs, named):
+    first, _ = host.txt2img("a black car and a white clock", tsam=dict(TUNED), **SMALL)
+    tuned = AlignConfig.official(step_size=7.5, refine="while above", refine_iters=5)
+    assert jobs[-1].config == tuned
+    res, _, _ = api_rerun(host, first.infotexts[0], {"t-sam": {"args": [named]}})
+    assert jobs[-1].config == tuned  # not the Paper defaults
+    assert jobs[-1].show is bool(named.get("show_attention"))
+    assert res.infotexts[0] == first.infotexts[0]
+    assert torch.equal(res.samples[:1], first.samples[:1])
+
+
+def test_a_dict_preset_sets_what_a_preset_decides_and_keeps_the_rest(host, jobs):
+    first, _ = host.txt2img("a black car and a white clock", tsam=dict(TUNED), **SMALL)
+    api_rerun(host, first.infotexts[0], {"t-sam": {"args": [{"preset": "Paper", "power": 2}]}})
+    # Paper's loss, strength, decay, steps and rule; the infotext's cap; the dict's power last.
+    assert jobs[-1].config == AlignConfig.paper(refine_iters=5, power=2.0)
+
+
+def test_without_an_infotext_a_dict_still_starts_from_the_ui_defaults(host, jobs):
+    host.txt2img(script_args=api.init_script_args(host.runner, {"t-sam": {"args": [{"refine_iters": 5}]}}), **SMALL)
+    assert jobs[-1].config == AlignConfig(refine_iters=5)
+
+
+# -- the positional layout is frozen (issue: a setting added at the end of the settings shifted Show attention) -------
+
+# The vectors this repository ever accepted, read from its git history (lib_align/a1111.py and config.py):
+# 076e875 [enabled, 11 settings]; 5e5dfa5 [enabled, 12 settings] (README's positional example since then);
+# 0abaad3 [enabled, 12 settings, show_attention]. Each is a prefix of the next.
+RELEASED = ("enabled", "preset", "loss_form", "power", "step_size", "step_decay", "steps_fraction", "refine",
+            "refine_at", "refine_iters", "refine_threshold", "smooth", "low_memory", "show_attention")
+
+
+def test_the_positional_layout_starts_with_every_released_layout_and_holds_every_setting():
+    from lib_align.script_args import POSITIONAL
+
+    assert POSITIONAL[:len(RELEASED)] == RELEASED
+    names = [f.name for f in AlignConfig.settings()]
+    assert sorted(n for n in POSITIONAL if n in names) == sorted(names)
+    assert len(set(POSITIONAL)) == len(POSITIONAL)
+
+
+def test_the_ui_inputs_are_the_positional_layout(host):
+    from lib_align.script_args import POSITIONAL
+
+    controls = host.script.controls  # [0] is the accordion's own checkbox (InputAccordion), the switch
+    assert POSITIONAL[0] == "enabled" and controls[0].elem_id.startswith(host.script.elem_id("enabled"))
+    assert [c.elem_id for c in controls[1:]] == [host.script.elem_id(name) for name in POSITIONAL[1:]]
+
+
+@pytest.mark.parametrize("length", [12, 13, 14])
+def test_every_released_length_keeps_its_meaning(host, jobs, length):
+    values = {"enabled": True, **dict(zip((f.name for f in AlignConfig.settings()),
+                                          AlignConfig.official(step_size=7.5, low_memory=True).to_args(), strict=True)),
+              "show_attention": True}
+    args = [values[name] for name in RELEASED[:length]]
+    host.txt2img(script_args=api.init_script_args(host.runner, {"t-sam": {"args": args}}), **SMALL)
+    job = jobs[-1]
+    assert job.config.preset == OFFICIAL and job.config.step_size == 7.5
+    assert job.config.low_memory is (length >= 13)
+    assert job.show is (length >= 14)
+
+
+def test_a_setting_added_to_the_table_does_not_move_show_attention(monkeypatch):
+    """What broke before: the reader found Show attention at 1 + len(settings). With one more setting in the table
+    (appended, as low_memory once was), a released 14-item vector must still read Show attention at position 13."""
+    import dataclasses
+
+    from lib_align import script_args
+
+    future = dataclasses.field(default=False, metadata={"label": "Future", "key": "T-SAM future", "help": ""})
+    future.name = "future"
+    fields = AlignConfig.settings()
+    args = [True, *AlignConfig.official().to_args(), True]
+    monkeypatch.setattr(AlignConfig, "settings", classmethod(lambda cls: (*fields, future)))
+    request = script_args.parse_script_args(args)
+    assert request.show_attention is True and request.config == AlignConfig.official()

@@ -163,6 +163,30 @@ def test_xyz_axes_come_from_the_table_and_cells_do_not_leak(host, jobs):
     assert jobs[-1].config.steps_fraction == 0.25
 
 
+def test_xyz_preset_and_refinement_axes_compare_methods_and_bad_cells_say_why(host, jobs):
+    """Axes named by their infotext keys, with the table's choices; a preset cell sets what a preset decides and
+    keeps the accordion's other settings (here the refinement cap and Low memory)."""
+    options = {o.label: o for o in host.xyz.axis_options}
+    assert options["T-SAM preset"].choices() == ["Paper", "Official code"]
+    assert options["T-SAM refine"].choices() == ["off", "official", "while above"]
+    p = host.make_p(tsam={"refine_iters": 4, "low_memory": True}, **SMALL)
+    cells = host.xyz.run_cells(p, "T-SAM preset", ["Paper", "Official code"])
+    assert [job.config for job in jobs[-2:]] == [AlignConfig.paper(refine_iters=4, low_memory=True),
+                                                 AlignConfig.official(refine_iters=4, low_memory=True)]
+    assert "T-SAM preset: Official code" in cells[1][1].infotexts[0]
+    host.xyz.run_cells(p, "T-SAM refine", ["off", "official", "while above"])
+    assert [job.config.refine for job in jobs[-3:]] == ["off", "official", "while above"]
+    assert all(job.config.refine_iters == 4 for job in jobs[-3:])
+    count = len(jobs)
+    (cell, res), = host.xyz.run_cells(p, "T-SAM refine", ["sometimes"])
+    assert len(jobs) == count + 1 and jobs[-1] is None  # the bad cell runs without T-SAM ...
+    assert "Iterative refinement must be one of off, official, while above, not 'sometimes'" in res.comments
+    assert "T-SAM: skipped (T-SAM: Iterative refinement must be one of" not in res.infotexts[0]
+    assert "skipped (Iterative refinement must be one of" in res.infotexts[0]  # ... and says why
+    host.xyz.run_cells(p, "T-SAM preset", ["Paper"])  # the next cell is not affected
+    assert jobs[-1].config == AlignConfig.paper(refine_iters=4, low_memory=True)
+
+
 def test_install_py_installs_nothing_the_host_has(monkeypatch, capsys):
     calls: list[str] = []
     launch = types.ModuleType("launch")

@@ -1,4 +1,8 @@
-"""X/Y/Z plot axes: the switch and a few settings, set as attributes on each cell's p and read in `process`."""
+"""X/Y/Z plot axes: the switch and a few settings, set as attributes on each cell's p and read in `process`.
+
+A cell's value goes on top of the accordion's settings (`script_args.parse_script_args`); a preset cell sets what a
+preset decides (`AlignConfig.with_preset`), so "Preset: Paper, Official code" compares the two methods with the
+user's other settings kept. A value a setting cannot take makes that cell run without T-SAM and say why."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from ..config import AlignConfig
 from ..script_args import SWITCH
 from ..ui import TITLE
 
-XYZ_FIELDS = ("step_size", "steps_fraction")  # AlignConfig fields with an axis; labels and types from the table
+# AlignConfig fields with an axis; labels, types and choices from the table
+XYZ_FIELDS = ("preset", "step_size", "steps_fraction", "refine")
 XYZ_ENABLED_LABEL = f"{TITLE} enabled"
 ATTR_PREFIX = "tsam_"  # p.tsam_enabled, p.tsam_step_size, ...
 
@@ -38,6 +43,8 @@ def add_xyz_axes() -> None:
     options = [xyz.AxisOption(XYZ_ENABLED_LABEL, str, setter(ATTR_PREFIX + SWITCH), choices=lambda: ["True", "False"])]
     for name in XYZ_FIELDS:
         f = fields[name]
-        options.append(xyz.AxisOption(f.metadata["key"], type(f.default), setter(ATTR_PREFIX + name)))
+        choices = f.metadata.get("choices")
+        options.append(xyz.AxisOption(f.metadata["key"], type(f.default), setter(ATTR_PREFIX + name),
+                                      choices=(lambda c=choices: list(c)) if choices else None))
     known = {option.label for option in xyz.axis_options}
     xyz.axis_options.extend(option for option in options if option.label not in known)
