@@ -230,6 +230,42 @@ def test_interrupt_and_skip_stop_the_optimisation_loop(host, tiny_model, flag):
     assert shared.state.textinfo is None  # the progress text is put back
 
 
+@pytest.mark.parametrize(("flag", "reason"), [("interrupted", "interrupted"),
+                                             ("skipped", "the user skipped this image")])
+def test_an_interrupt_inside_the_loop_is_the_reason_the_infotext_gives(host, tiny_model, flag, reason):
+    """The issue's case: Interrupt while the progress reads 'T-SAM: step 1/k, update 3/31' — no step was finished,
+    and the infotext must say why (it said 'no step was optimised (strength 0, ...)')."""
+    forwards = []
+
+    def press(module, inputs, output):
+        if torch.is_grad_enabled():
+            forwards.append(1)
+            if len(forwards) == 3:
+                setattr(shared.state, flag, True)
+
+    handle = tiny_model.unet.input_blocks[0].register_forward_hook(press)
+    try:
+        res, _ = host.txt2img(tsam={"preset": OFFICIAL}, **BASE)
+    finally:
+        handle.remove()
+    assert f"T-SAM: skipped ({reason})" in res.infotexts[0], res.infotexts[0]
+    assert "T-SAM preset" not in res.infotexts[0]
+
+
+def test_an_interrupt_after_some_steps_is_noted_with_the_settings(host):
+    def interrupt(params):
+        if params.denoiser.step == 1:  # after T-SAM's own callback has updated step 2 of 3
+            shared.state.interrupt()
+
+    cfg_callbacks().append(ScriptCallback("test", interrupt, "interrupt"))
+    try:
+        res, _ = host.txt2img(tsam={"step_size": 20.0}, **BASE)
+    finally:
+        cfg_callbacks().pop()
+    assert "T-SAM preset: Paper" in res.infotexts[0]
+    assert "T-SAM note: stopped after step 2 (interrupted)" in res.infotexts[0], res.infotexts[0]
+
+
 def test_long_optimisation_shows_progress(host):
     host.txt2img(tsam={"preset": OFFICIAL, "refine_iters": 3}, **BASE)
     last = optimised(BASE["steps"], steps_fraction=0.6)

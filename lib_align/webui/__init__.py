@@ -76,12 +76,13 @@ def after_sampling(p: Any) -> None:
     if job is None:
         return
     job.unhook()
+    cut = job.stopped or job.cut_short()
     if job.applied_in_batch():
         last = max(r.step for r in job.batch_reports())
-        infotext.record_ran(p, job.config, job.stopped, last)
+        infotext.record_ran(p, job.config, cut, last)
     else:
-        infotext.record_skipped(p, job.skipped or job.stopped or "no step was optimised (strength 0, or no optimised "
-                                                                  "step within the sampling steps)")
+        infotext.record_skipped(p, job.skipped or cut or "no step was optimised (strength 0, or no optimised "
+                                                         "step within the sampling steps)")
     try:
         output.keep_attention(job)
     except Exception as error:  # pictures are a diagnostic: never fail the image for them

@@ -101,6 +101,17 @@ class Job:
         if self in _hooked:
             _hooked.remove(self)
 
+    @staticmethod
+    def cut_short() -> str | None:
+        """Why this batch's sampling ended early, as the host's state says at post_sample (both flags are still set
+        then): Interrupt or Skip, pressed during T-SAM's loop (which raises the host's InterruptedException) or
+        between two steps."""
+        if shared.state.interrupted:
+            return "interrupted"
+        if shared.state.skipped:
+            return "the user skipped this image"
+        return None
+
     def batch_reports(self) -> list[StepReport]:
         return self.reports[self.batch_start:]
 
