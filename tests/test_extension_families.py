@@ -107,8 +107,19 @@ def test_analyze_prompt_draws_t_from_the_text_encoder(host, family):
     picture, note = host.module.analyze_prompt(PROMPT, 4.0)
     assert picture is not None and "7 tokens" in note, note
     if family == "sdxl":  # T-SAM's T (CLIP-L) and bigG's beside it
-        assert "the first T is the one used" in note
+        assert 'T-SAM uses the panel titled "T (CLIP-L, used…"; the others are for comparison.' in note
         one = host.module.current_family().prompt_targets(PROMPT, 4.0, None)
         from lib_align.pictures import target_picture
 
         assert picture.width > target_picture(one, 4.0).width
+
+
+def test_analyze_prompt_with_break_names_every_chunk_of_the_t_used(host, family):
+    """Two chunks: on SDXL four panels (two per encoder), of which both CLIP-L chunks are used — not "the first"."""
+    picture, note = host.module.analyze_prompt("a black car BREAK a white clock", 4.0)
+    assert picture is not None and "in 2 chunks" in note, note
+    if family == "sdxl":
+        assert 'T-SAM uses both panels (one per chunk) titled "T (CLIP-L, used…"' in note
+        assert "the first T" not in note
+    else:  # one encoder: nothing to tell apart
+        assert "T-SAM uses" not in note

@@ -19,6 +19,16 @@ RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # <lora:name:1>: the host str
 ANALYZE_STEPS = 20  # prompt editing: "Analyze prompt" shows the text in force at the first of this many steps
 
 
+def used_panels(named: list[tuple[str, list]]) -> str:
+    """Which panels of a picture with several encoders' T hold the T T-SAM uses: every chunk of the first."""
+    title, chunks = named[0]
+    start = title.removesuffix(")")  # the drawn title adds the power inside the brackets (pictures.target_picture)
+    count = len(chunks)
+    which = "the panel" if count == 1 else "both panels" if count == 2 else f"all {count} panels"
+    which += " (one per chunk)" if count > 1 else ""
+    return f"T-SAM uses {which} titled \"{start}…\"; the others are for comparison."
+
+
 def analyze_prompt(prompt: str, power: float) -> tuple[Image.Image | None, str]:
     """T of the txt2img prompt: (picture or None, one line for the user).
 
@@ -58,6 +68,6 @@ def analyze_prompt(prompt: str, power: float) -> tuple[Image.Image | None, str]:
     edited = f" (prompt editing: the text of the first steps, \"{first}\")" if len(schedule) > 1 else ""
     if tokens < 2:
         return picture, f"T of {tokens} token{edited}: T-SAM needs at least two words to align."
-    others = f" {family.name}: the first T is the one used; the others are for comparison." if len(named) > 1 else ""
+    others = f" {used_panels(named)}" if len(named) > 1 else ""
     return picture, (f"T of {tokens} tokens{chunks}{edited}. Row = a word, column = an earlier word; brighter = the "
                      f"text encoder ties them more. T-SAM makes the image's S follow this.{others}")

@@ -401,7 +401,7 @@ def test_sdxl_on_forge_changes_the_image_and_lowers_the_loss(forge, jobs, measur
     reports = jobs[0].reports
     assert len(reports) == optimised(BASE["steps"]) and all(r.loss_after[0] < r.loss_before[0] for r in reports)
     picture, message = forge.module.analyze_prompt(PROMPT, 1.0)
-    assert picture is not None and "SDXL: the first T is the one used" in message
+    assert picture is not None and 'T-SAM uses the panel titled "T (CLIP-L, used…"' in message
 
 
 def test_sdxl_t_is_the_reference_t_of_clip_l(forge, jobs, forge_sdxl_engine, tiny_sdxl_model):
