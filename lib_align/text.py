@@ -7,12 +7,15 @@ and layers, sharpened by a power and renormalised, it says which earlier words e
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .capture import full_precision
 
 CHUNK_LENGTH = 77  # BOS + 75 prompt tokens + EOS/padding, per chunk, in SD1/SD2 and A1111
 BOS_ID = 49406
@@ -61,20 +64,6 @@ def eos_index(input_ids: Tensor) -> int:
 
 
 @contextlib.contextmanager
-def _eager_attention(text_model: nn.Module) -> Iterator[None]:
-    """Newer transformers may pick SDPA, which returns no attention probabilities; force the eager path."""
-    configs = [m.config for m in text_model.modules() if hasattr(m, "config")]
-    saved = [(c, getattr(c, "_attn_implementation", None)) for c in configs if hasattr(c, "_attn_implementation")]
-    for c, _ in saved:
-        c._attn_implementation = "eager"
-    try:
-        yield
-    finally:
-        for c, value in saved:
-            c._attn_implementation = value
-
-
-@contextlib.contextmanager
 def _embedding_overrides(text_model: nn.Module, overrides: Sequence[Sequence[tuple[int, Tensor]]] | None):
     """Place textual-inversion vectors at their placeholder positions, as A1111's EmbeddingsWithFixes does.
 
@@ -104,6 +93,24 @@ def _embedding_overrides(text_model: nn.Module, overrides: Sequence[Sequence[tup
         handle.remove()
 
 
+def causal_probabilities(q: Tensor, k: Tensor, heads: int) -> Tensor:
+    """softmax(q k^T + causal mask) per head, for the already-scaled queries and the keys of one self-attention:
+    q, k [n, L, heads*d] -> [n, heads, L, L]. The causal mask is the text encoders' own (CLIP and open_clip alike):
+    position i sees 0..i."""
+    n, length, inner = q.shape
+    q = q.reshape(n, length, heads, inner // heads).transpose(1, 2)
+    k = k.reshape(n, length, heads, inner // heads).transpose(1, 2)
+    logits = q @ k.transpose(-1, -2)
+    future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)
+    return logits.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+def clip_layers(text_model: nn.Module) -> list[nn.Module]:
+    """The encoder layers of a transformers CLIPTextModel (or of its inner CLIPTextTransformer)."""
+    inner = getattr(text_model, "text_model", text_model)
+    return list(inner.encoder.layers)
+
+
 @torch.no_grad()
 def encoder_self_attention(
     text_model: nn.Module,
@@ -113,16 +120,38 @@ def encoder_self_attention(
 ) -> Tensor:
     """Self-attention probabilities of a transformers CLIPTextModel for chunks [n, 77] -> [n, layers, heads, 77, 77].
 
+    Recomputed from each layer's own projections (q_proj(x) * scale, k_proj(x), the causal mask: CLIPAttention's
+    eager definition) on the attention input x = layer_norm1's output, captured by a forward hook during one normal
+    pass — so it does not depend on which attention implementation transformers picked (4.46 defaults to SDPA,
+    which returns no probabilities and falls back to eager only with a deprecation warning; 5.x will not). fp32.
     With clip skip N only the first (layers - N + 1) layers feed the cond; only those are returned.
     `overrides` follows A1111's fixes convention: (offset, vectors) with vectors placed after position `offset`.
     """
-    with _eager_attention(text_model), _embedding_overrides(text_model, overrides):
-        out = text_model(input_ids=input_ids, output_attentions=True)
-    attentions = out.attentions
-    if not attentions:
-        raise RuntimeError("The text encoder returned no attention probabilities (no eager attention path).")
-    keep = max(1, len(attentions) - (max(1, int(clip_skip)) - 1))
-    return torch.stack([a.float() for a in attentions[:keep]], dim=1)
+    layers = clip_layers(text_model)
+    keep = max(1, len(layers) - (max(1, int(clip_skip)) - 1))
+    captured: list[Tensor] = []
+    handles = [layer.layer_norm1.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+               for layer in layers[:keep]]
+    try:
+        with _embedding_overrides(text_model, overrides):
+            text_model(input_ids=input_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(captured) != keep:
+        raise RuntimeError(f"captured {len(captured)} attention inputs for {keep} text encoder layers")
+    probs = []
+    with full_precision(input_ids.device):
+        for layer, x in zip(layers[:keep], captured, strict=True):
+            attn, x = layer.self_attn, x.float()
+            q = F.linear(x, attn.q_proj.weight.float(), _float(attn.q_proj.bias)) * attn.scale
+            k = F.linear(x, attn.k_proj.weight.float(), _float(attn.k_proj.bias))
+            probs.append(causal_probabilities(q, k, attn.num_heads))
+    return torch.stack(probs, dim=1)
+
+
+def _float(bias: Tensor | None) -> Tensor | None:
+    return bias.float() if bias is not None else None
 
 
 def chunk_targets(

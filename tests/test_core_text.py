@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +130,44 @@ def test_textual_inversion_vectors_land_on_their_placeholder_positions(encoder):
 def test_bad_attention_shape_is_a_clear_error():
     with pytest.raises(ValueError, match="expects"):
         text_target(torch.rand(77, 77), 5, 4.0)
+
+
+# -- T without transformers' attention output (SDPA in transformers 4.46, no fallback in 5.x) ------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+FORGE_TRANSFORMERS = Path(sys.prefix) / "transformers-4.46.1"  # .ci/run installs Forge's pin there (--target)
+
+
+def test_t_does_not_need_transformers_to_return_probabilities(encoder, monkeypatch):
+    """An attention that returns no probabilities (what SDPA does, and 5.x's only answer): T is unchanged."""
+    from transformers.models.clip import modeling_clip
+
+    chunks, _ = tokenize_chunks(encoder.tokenizer, "a black car and a white clock")
+    expected = encoder_self_attention(encoder.transformer, chunks)
+    original = modeling_clip.CLIPAttention.forward
+
+    def without_probabilities(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        return (output[0], None, *output[2:])
+
+    monkeypatch.setattr(modeling_clip.CLIPAttention, "forward", without_probabilities)
+    assert torch.equal(encoder_self_attention(encoder.transformer, chunks), expected)
+
+
+@pytest.mark.parametrize("version", ["pinned (A1111)", "4.46.1 (Forge)"])
+def test_t_equals_transformers_own_eager_probabilities(version):
+    """tools/check_transformers_t.py: difference 0 against `output_attentions` of the eager model; on the model
+    transformers builds by default (SDPA in 4.46) within float noise, and nothing logged."""
+    env = dict(os.environ)
+    if version.startswith("4.46.1"):
+        if not FORGE_TRANSFORMERS.is_dir():
+            if os.environ.get("CI"):
+                pytest.fail(f"{FORGE_TRANSFORMERS} is missing: .ci/run installs it")
+            pytest.skip(f"Forge's transformers is not installed at {FORGE_TRANSFORMERS} (bash .ci/run does it)")
+        env["PYTHONPATH"] = str(FORGE_TRANSFORMERS)
+    run = subprocess.run([sys.executable, str(ROOT / "tools" / "check_transformers_t.py")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    outcome = json.loads(run.stdout.strip().splitlines()[-1])
+    assert outcome["transformers"] == ("4.46.1" if version.startswith("4.46.1") else "4.30.2")
+    assert outcome["eager_max_diff"] == 0.0 and outcome["default_max_diff"] < 1e-6, outcome
+    assert outcome["warnings"] == [] and run.returncode == 0, outcome
