@@ -31,6 +31,15 @@ class StopForward(Exception):
     """Raised from a hook to end the UNet forward once the last needed map exists (the rest is not needed)."""
 
 
+class NotAlignable(ValueError):
+    """The UNet's cross-attention is not one map per prompt token (another extension splits it): T-SAM cannot
+    read the maps it aligns. The message is a user's one line, without consequence."""
+
+
+SPLIT_ATTENTION = ("another extension computes the cross-attention in several parts (Regional Prompter's "
+                   "Attention mode, or alike): T-SAM cannot read one map per word")
+
+
 def _is_cross_attention(name: str, module: nn.Module) -> bool:
     return name.endswith("attn2") and all(hasattr(module, a) for a in ("to_q", "to_k", "heads"))
 
@@ -164,8 +173,11 @@ class CrossAttentionCapture:
 
     def _keep(self, store: dict, attn: nn.Module) -> Callable:
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
-            if not self._replaying:
-                store[attn] = output
+            if self._replaying:
+                return
+            if attn in store:  # a second query or key set before this attention finished: its forward splits it
+                raise NotAlignable(SPLIT_ATTENTION)
+            store[attn] = output
 
         return hook
 
@@ -189,6 +201,10 @@ class CrossAttentionCapture:
         self._count += 1
         if attn is self.stop_after:
             raise StopForward
+
+    def paused(self) -> contextlib.AbstractContextManager:
+        """A context in which the capture records nothing (a forward whose maps are not T-SAM's to read)."""
+        return self._replay()
 
     @contextlib.contextmanager
     def _replay(self) -> Iterator[None]:

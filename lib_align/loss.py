@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .capture import NotAlignable
 from .text import ChunkTarget
 
 
@@ -34,7 +35,12 @@ def smooth_maps(maps: Tensor, size: int = 3, sigma: float = 0.5) -> Tensor:
 
 
 def token_maps(maps: Tensor, length: int, offset: int = 0, smooth: bool = True) -> Tensor:
-    """Maps [h, w, context] -> the prompt tokens' flattened maps [L, h*w] (positions offset+1 .. offset+L)."""
+    """Maps [h, w, context] -> the prompt tokens' flattened maps [L, h*w] (positions offset+1 .. offset+L).
+    Maps narrower than that (a context shorter than the prompt's chunks) are a NotAlignable error, never an empty
+    slice."""
+    if maps.shape[-1] < offset + 1 + length:
+        raise NotAlignable(f"the cross-attention sees {maps.shape[-1]} context tokens, fewer than the prompt's "
+                           f"{offset + 1 + length} (another extension conditions the UNet on part of the prompt)")
     m = maps[..., offset + 1 : offset + 1 + length].float().permute(2, 0, 1)
     if smooth:
         m = smooth_maps(m)

@@ -25,10 +25,14 @@ class StepReport:
     loss_before: list[float] = field(default_factory=list)
     loss_after: list[float] | None = None
     skipped_rows: list[int] = field(default_factory=list)  # images whose update was refused (non-finite)
+    # The loss did not depend on z (no gradient, or one that is zero everywhere) although there were words to
+    # align: something cut the UNet's graph (another extension's forward without gradient). Nothing was changed.
+    no_gradient: bool = False
 
 
 def loss_and_grad(z: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor | None]:
-    """Per-image losses at z and the gradient of their sum w.r.t. z only (never the model's weights).
+    """Per-image losses at z and the gradient of their sum w.r.t. z only (never the model's weights); None when
+    the losses do not depend on z (no graph reached z, or a gradient that is exactly zero everywhere).
 
     Images in a batch are independent in the UNet, so d(sum)/dz_b = dL_b/dz_b: one backward serves all. The
     graph is freed as soon as the gradient is taken, so nothing is kept between iterations.
@@ -37,9 +41,11 @@ def loss_and_grad(z: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor | None]:
     z_ = (z.clone() if z.is_inference() else z).detach().requires_grad_(True)
     with torch.enable_grad():
         losses = loss_fn(z_)
-        if not losses.requires_grad:  # nothing to align (prompts of < 2 tokens)
+        if not losses.requires_grad:
             return losses.detach(), None
-        (grad,) = torch.autograd.grad(losses.sum(), [z_])
+        (grad,) = torch.autograd.grad(losses.sum(), [z_], allow_unused=True)
+    if grad is None or not bool(grad.any()):
+        return losses.detach(), None
     return losses.detach(), grad
 
 
@@ -87,6 +93,8 @@ class LatentOptimizer:
         if grad is not None:
             z = self._update(z, grad, losses, alpha, report)
             report.iterations += 1
+        else:
+            report.no_gradient = True
         if on_iteration is not None:
             on_iteration(report.iterations, planned)
         if measure_after:

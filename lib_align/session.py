@@ -13,6 +13,7 @@ from .capture import DEFAULT_LEVEL, CrossAttentionCapture, checkpointed_blocks, 
 from .config import AlignConfig
 from .loss import loss_threshold, prompt_loss
 from .optimizer import IterationCallback, LatentOptimizer, StepReport
+from .own_blocks import replaced_forward, through_own_blocks, top_level_blocks
 from .text import ChunkTarget
 
 # apply_model(z, t, cond_rows) runs the (differentiable) UNet on the conditional rows; its output is not used.
@@ -92,7 +93,14 @@ class AlignSession:
         with capture, memory_mode, frozen:
 
             def loss_fn(z_: Tensor) -> Tensor:
-                maps = capture.run(lambda: self.apply_model(z_, t, cond))
+                def forward() -> Any:
+                    return self.apply_model(z_, t, cond)
+
+                if replaced_forward(self.unet) is not None and top_level_blocks(self.unet) is not None:
+                    last = capture.layers[-1].module  # another extension's forward (ControlNet): see own_blocks
+                    maps = capture.run(lambda: through_own_blocks(self.unet, last, forward, capture.paused))
+                else:
+                    maps = capture.run(forward)
                 self.last_maps = maps.detach()
                 if self.first_maps is None:
                     self.first_maps = self.last_maps

@@ -86,11 +86,14 @@ class WebUIHarness:
             script_args=script_args if script_args is not None else self.args(tsam), **fields)
 
     def txt2img(self, prompt: Any = DEFAULT_PROMPT, **kwargs: Any) -> tuple[Any, Any]:
-        """Like modules/txt2img.py: process_images inside `closing(p)`. Returns (Processed, p)."""
+        """Like modules/txt2img.py: the selected script's run() (when one is selected) or process_images, inside
+        `closing(p)`. Returns (Processed, p)."""
         p = self.make_p(prompt, **kwargs)
         self.host.shared.state.begin("txt2img")
         try:
-            return self.host.processing.process_images(p), p
+            run = getattr(p.scripts, "run", None)
+            processed = run(p, *p.script_args) if run is not None else None
+            return (processed if processed is not None else self.host.processing.process_images(p)), p
         finally:
             p.close()
 

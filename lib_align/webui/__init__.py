@@ -21,7 +21,7 @@ from . import infotext, output, xyz
 from .analyze import analyze_prompt
 from .common import JOB_ATTR, tell
 from .infotext import paste_fields
-from .job import Job, _hooked, current_family, own_job, unhook_stale
+from .job import NO_GRADIENT, Job, _hooked, current_family, own_job, unhook_stale
 from .refusals import refusal
 
 PROMPT_ELEM_ID = "txt2img_prompt"  # the txt2img prompt textbox (modules/ui_toprow.py)
@@ -53,7 +53,28 @@ def process(p: Any, args: Sequence[Any]) -> None:
         tell(p, f"{reason}; generating without T-SAM.")
         infotext.record_skipped(p, reason)
         return
-    setattr(p, JOB_ATTR, Job(p, request.config, current_family(), show=request.show_attention))
+    show = request.show_attention
+    if show and selectable_script_runs(p):
+        tell(p, PICTURES_UNDER_A_SCRIPT)
+        show = False
+    setattr(p, JOB_ATTR, Job(p, request.config, current_family(), show=show))
+
+
+# A selectable script (X/Y/Z plot, Prompt matrix, ...) builds its grid from `processed.images` (prompt_matrix.py
+# asserts their count) or keeps only its cells' images; neither host gives extra pictures a place of their own there
+# (A1111 1.10 has none; Forge's `extra_result_images` are dropped with X/Y/Z's cells). So they are left out.
+PICTURES_UNDER_A_SCRIPT = ("Show attention adds no pictures while a script (X/Y/Z plot, Prompt matrix, ...) runs: "
+                           "it builds its grid from the images; T-SAM itself runs")
+
+
+def selectable_script_runs(p: Any) -> bool:
+    """Whether a selectable script runs this job: the host puts its index + 1 in script_args[0]
+    (modules/scripts.py ScriptRunner.run; 0 = none). X/Y/Z cells are copies of p with the same args."""
+    args = getattr(p, "script_args", None) or [0]
+    try:
+        return int(args[0] or 0) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def before_sampling(p: Any) -> None:
@@ -77,9 +98,12 @@ def after_sampling(p: Any) -> None:
         return
     job.unhook()
     cut = job.stopped or job.cut_short()
+    missing = job.without_gradient()
     if job.applied_in_batch():
-        last = max(r.step for r in job.batch_reports())
-        infotext.record_ran(p, job.config, cut, last)
+        last = max(r.step for r in job.batch_reports() if r.iterations > 0)
+        infotext.record_ran(p, job.config, cut, last, unchanged_steps=missing, notes=job.notes)
+    elif missing:
+        infotext.record_skipped(p, cut or NO_GRADIENT)
     else:
         infotext.record_skipped(p, job.skipped or cut or "no step was optimised (strength 0, or no optimised "
                                                          "step within the sampling steps)")

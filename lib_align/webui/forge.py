@@ -32,6 +32,9 @@ from ..autograd import gradient_pass
 from ..families.forge import QUANTISED, ForgeSD1, forge_family_for, forge_unsupported, storage_dtype
 from .host import Host, StepLatent
 
+CONTROLNET_NOT_IN_PASS = ("ControlNet is not in T-SAM's pass on Forge: T-SAM aligns the plain UNet's attention "
+                          "maps (the image keeps ControlNet)")
+
 
 class Forge(Host):
     name = "Forge"
@@ -54,6 +57,13 @@ class Forge(Host):
         kind = str(getattr(predictor, "prediction_type", "epsilon"))
         if kind not in ("epsilon", "eps", "v_prediction") or float(getattr(predictor, "sigma_data", 1.0)) != 1.0:
             return f"models with '{kind}' prediction are not supported (eps and v only)"
+        return None
+
+    def pass_note(self, family: ForgeSD1) -> str | None:
+        # Forge applies ControlNet inside its own UNet call (sampling_function: control.get_control, popped per
+        # stage by the UNet's apply_control); T-SAM's pass calls the UNet with control=None. Said, not hidden.
+        if getattr(family.model.forge_objects.unet, "controlnet_linked_list", None) is not None:
+            return CONTROLNET_NOT_IN_PASS
         return None
 
     def text_ready(self, family: ForgeSD1) -> None:

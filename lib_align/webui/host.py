@@ -62,6 +62,11 @@ class Host:
         """This call's latent. `sampler_x`: the first argument of the CFG denoiser's forward (the sampler's x)."""
         raise NotImplementedError
 
+    def pass_note(self, family: ModelFamily) -> str | None:
+        """What of the model that makes the image T-SAM's pass leaves out on this host, now (said once per
+        generation and written in the infotext), or None when its maps are the image's own."""
+        return None
+
 
 class UnsupportedHost(Host):
     """A host we recognise and cannot run on: every model is refused with the same line."""

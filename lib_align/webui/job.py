@@ -20,6 +20,7 @@ import torch
 from modules import prompt_parser, sd_samplers_common, shared
 from torch import Tensor
 
+from ..capture import NotAlignable
 from ..config import AlignConfig
 from ..families import ModelFamily
 from ..optimizer import IterationCallback, StepReport
@@ -29,6 +30,9 @@ from ..text import ChunkTarget
 from . import common
 from .common import JOB_ATTR, logger, tell
 
+# Why an optimised step changed nothing although there were words to align (optimizer.StepReport.no_gradient).
+NO_GRADIENT = ("the latent's gradient did not reach T-SAM's attention maps (another extension runs the UNet "
+               "without gradient?)")
 _hooked: list[Job] = []  # jobs holding a pre-hook; one whose sampling raised stays here until the next job starts
 
 
@@ -76,6 +80,7 @@ class Job:
         self.skipped: str | None = None  # why this batch had nothing to do (recorded in its infotext)
         self.said: set[str] = set()
         self.reports: list[StepReport] = []
+        self.notes: list[str] = []  # this batch: what the host's pass left out (Host.pass_note), for the infotext
         self.batch_start = 0  # index in `reports` where the current batch's reports begin
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -92,6 +97,9 @@ class Job:
 
     def fail(self, error: BaseException) -> None:
         logger.debug("T-SAM failure", exc_info=error)
+        if isinstance(error, NotAlignable):  # a neighbour's doing, said in its own words (no exception name)
+            self.stop(f"{error}; generating the rest without T-SAM.")
+            return
         self.stop(f"{type(error).__name__}: {error}. T-SAM is off for the rest of this generation.")
 
     def unhook(self) -> None:
@@ -115,6 +123,10 @@ class Job:
     def batch_reports(self) -> list[StepReport]:
         return self.reports[self.batch_start:]
 
+    def without_gradient(self) -> list[int]:
+        """This batch's optimised steps (0-based) at which no gradient reached the maps."""
+        return [r.step for r in self.batch_reports() if r.no_gradient]
+
     def applied_in_batch(self) -> bool:
         """Whether T-SAM changed this batch's latents (an update that was not refused for every image)."""
         batch = max(1, len(self.schedules))
@@ -126,6 +138,7 @@ class Job:
         p, model = self.p, shared.sd_model
         self.batch_start = len(self.reports)
         self.skipped = None
+        self.notes = []
         if model is not self.model:
             self.stop("the model changed after the job started; generating without T-SAM.")
             return
@@ -179,6 +192,10 @@ class Job:
         if cond is None or params.x.shape[0] % batch:
             self.stop("unexpected conditioning rows (multi-cond or another extension); T-SAM stops here.")
             return
+        note = common.HOST.pass_note(self.family)
+        if note is not None and note not in self.notes:
+            self.notes.append(note)
+            self.say(note)
         latent = common.HOST.step_latent(self.family, denoiser, params, sampler_x, batch)
         textinfo = shared.state.textinfo
         # "Show attention" draws S after the optimisation: one more (no-grad, truncated) pass at the last step.
@@ -197,6 +214,9 @@ class Job:
         if report is None:
             return
         self.reports.append(report)
+        if report.no_gradient:
+            self.say(f"{NO_GRADIENT} at step {step + 1}; that step was left as it was.")
+            return
         if report.skipped_rows:
             images = ", ".join(str(r + 1) for r in report.skipped_rows)
             self.say(f"non-finite gradient (image {images}); those latents were left unchanged at that step.")

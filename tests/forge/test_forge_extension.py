@@ -512,3 +512,37 @@ def test_low_memory_mode_gives_the_same_image_on_forge(forge, jobs):
     low, _ = forge.txt2img(tsam={**STRONG, "low_memory": True}, **SMALL)
     assert jobs[1].config.low_memory and jobs[1].reports
     torch.testing.assert_close(low.samples, default.samples, rtol=1e-4, atol=1e-4)
+
+
+# -- beside Forge's built-in ControlNet ----------------------------------------------------------------------------
+
+
+class _StoppedControlNet:
+    """What backend/sampling/sampling_function.py reads of a linked ControlNet (`get_control`, the linked list and
+    `pre_run`/`cleanup` around sampling); this one is past its guidance range, where Forge's returns None."""
+
+    previous_controlnet = None
+
+    def get_control(self, x_noisy, t, cond, batched_number):
+        return None
+
+    def pre_run(self, model, percent_to_sigma):
+        pass
+
+    def cleanup(self):
+        pass
+
+
+def test_a_controlnet_on_forge_is_said_once_and_noted_in_the_infotext(forge, jobs, forge_sd15_engine, monkeypatch):
+    """T-SAM's pass on Forge calls the UNet with control=None: one line per generation and a note beside the
+    settings, never a silent difference."""
+    unet = forge_sd15_engine.forge_objects.unet
+    monkeypatch.setattr(unet, "controlnet_linked_list", _StoppedControlNet())
+    res, _ = forge.txt2img(PROMPT, tsam=STRONG, **SMALL)
+    assert_normal(res, 1, 64, 64)
+    note = "ControlNet is not in T-SAM's pass on Forge"
+    assert res.comments.count(note) == 1
+    assert "T-SAM preset: Paper" in res.infotexts[0] and f"T-SAM note: \"{note}" in res.infotexts[0]
+    monkeypatch.setattr(unet, "controlnet_linked_list", None)
+    res, _ = forge.txt2img(PROMPT, tsam=STRONG, **SMALL)
+    assert "T-SAM note" not in res.infotexts[0] and note not in res.comments

@@ -4,7 +4,8 @@ each file as a module named after it with its extension root on sys.path) and a 
 them through). The API's argument handling (modules/api/api.py) and script-info (create_script_ui_inner) are here too.
 Like the host, importing it patches gradio's component constructor so that every component created while a runner
 is `scripts_current` is passed to each script's `after_component` (the host's IOComponent_init).
-Simplified: no selectable scripts, no user sort order, no gr.Group around each script, no before_component.
+Selectable scripts: `ScriptRunner.run` as the host's (script_args[0] = the selected script's index + 1, 0 = none),
+without their dropdown UI. Simplified: no user sort order, no gr.Group around each script, no before_component.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class ScriptRunner:
     def __init__(self) -> None:
         self.scripts: list[Script] = []
         self.alwayson_scripts: list[Script] = []
+        self.selectable_scripts: list[Script] = []  # tests append (args_from/args_to set by them)
         self.inputs: list[Any] = [None]
         self.infotext_fields: list[Any] = []
         self.paste_field_names: list[str] = []
@@ -175,6 +177,15 @@ class ScriptRunner:
     def default_args(self) -> list[Any]:
         """What the UI (and the API, api.py init_default_script_args) starts from: each component's value."""
         return [None if c is None else c.value for c in self.inputs]
+
+    def run(self, p: Any, *args: Any) -> Any:
+        """modules/scripts.py ScriptRunner.run: the selected script's run() with its slice of the args, or None when
+        no script is selected (then txt2img calls process_images itself)."""
+        script_index = args[0] if args else 0
+        if not script_index:
+            return None
+        script = self.selectable_scripts[script_index - 1]
+        return script.run(p, *args[script.args_from:script.args_to])
 
     def title_map(self) -> dict[str, Script]:
         return {script.title().lower(): script for script in self.scripts}
