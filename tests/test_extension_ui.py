@@ -187,6 +187,21 @@ def test_xyz_preset_and_refinement_axes_compare_methods_and_bad_cells_say_why(ho
     assert jobs[-1].config == AlignConfig.paper(refine_iters=4, low_memory=True)
 
 
+def test_xyz_axes_are_added_when_the_script_loads_not_only_at_before_ui(host):
+    """--nowebui (A1111's webui.py api_only) builds the X/Y/Z script's axis list, which API calls index, before it
+    runs before_ui: seen in the real A1111 1.10.1, where the axes were missing from /sdapi/v1/script-info."""
+    saved = list(host.xyz.axis_options)
+    host.xyz.axis_options[:] = [o for o in saved if not o.label.startswith("T-SAM")]
+    try:
+        host.module.register_callbacks()  # what importing scripts/t_sam.py runs
+        labels = [o.label for o in host.xyz.axis_options]
+        assert {"T-SAM enabled", "T-SAM preset", "T-SAM strength", "T-SAM steps", "T-SAM refine"} <= set(labels)
+        host.module.register_callbacks()
+        assert [o.label for o in host.xyz.axis_options].count("T-SAM preset") == 1
+    finally:
+        host.xyz.axis_options[:] = saved
+
+
 def test_install_py_installs_nothing_the_host_has(monkeypatch, capsys):
     calls: list[str] = []
     launch = types.ModuleType("launch")

@@ -147,3 +147,6 @@ def register_callbacks() -> None:
     script_callbacks.remove_callbacks_for_function(xyz.add_xyz_axes)
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="t_sam")
     script_callbacks.on_before_ui(xyz.add_xyz_axes, name="t_sam_xyz")
+    # Also now: the built-in scripts (xyz_grid.py among them) load before extensions, and with --nowebui the X/Y/Z
+    # script's axis list (its `current_axis_options`, which API calls index) is taken before before_ui runs.
+    xyz.add_xyz_axes()
