@@ -55,6 +55,9 @@ def engine_targets(engine: Any, text: str, power: float, device: torch.device) -
     return chunk_targets(engine.text_encoder.transformer, ids, power, clip_skip, overrides, tokens=labels)
 
 
+CONTROL_FOR = "control_for"  # the pass's cond key of the host's ControlNet factory (webui/forge.py pass_cond)
+
+
 def _normal(tensor: Tensor) -> Tensor:
     """Forge makes its conds under inference mode; a checkpointed block (the Low memory setting) saves its inputs
     for the backward, which autograd refuses for an inference tensor: hand the UNet a normal copy (a few KB)."""
@@ -101,10 +104,13 @@ class ForgeSD1(ModelFamily):
 
     def apply_model(self, z: Tensor, t: Tensor, cond: Any) -> Any:
         """The UNet on z at timestep t, as KModel.apply_model calls it after its input scaling. Without the host's
-        transformer_options: other extensions' attention patches would hide the layers T-SAM reads."""
+        transformer_options: other extensions' attention patches would hide the layers T-SAM reads. ControlNet's
+        residuals come from `cond[CONTROL_FOR](z)` when the host adapter put a factory there (webui/forge.py)."""
         dtype = self.kmodel.computation_dtype
-        extra = {k: _normal(v.to(dtype)) for k, v in cond.items() if k != "c_crossattn"}
-        return self.unet(z.to(dtype), t.float(), context=_normal(cond["c_crossattn"].to(dtype)), control=None,
+        control_for = cond.get(CONTROL_FOR)
+        extra = {k: _normal(v.to(dtype)) for k, v in cond.items() if k not in ("c_crossattn", CONTROL_FOR)}
+        control = control_for(z) if control_for is not None else None
+        return self.unet(z.to(dtype), t.float(), context=_normal(cond["c_crossattn"].to(dtype)), control=control,
                          transformer_options={}, **extra)
 
     def uses_clip_skip(self, options: Any) -> bool:

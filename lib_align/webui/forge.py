@@ -29,11 +29,8 @@ from backend import memory_management
 from torch import Tensor, nn
 
 from ..autograd import gradient_pass
-from ..families.forge import QUANTISED, ForgeSD1, forge_family_for, forge_unsupported, storage_dtype
+from ..families.forge import CONTROL_FOR, QUANTISED, ForgeSD1, forge_family_for, forge_unsupported, storage_dtype
 from .host import Host, StepLatent
-
-CONTROLNET_NOT_IN_PASS = ("ControlNet is not in T-SAM's pass on Forge: T-SAM aligns the plain UNet's attention "
-                          "maps (the image keeps ControlNet)")
 
 
 class Forge(Host):
@@ -59,12 +56,38 @@ class Forge(Host):
             return f"models with '{kind}' prediction are not supported (eps and v only)"
         return None
 
-    def pass_note(self, family: ForgeSD1) -> str | None:
-        # Forge applies ControlNet inside its own UNet call (sampling_function: control.get_control, popped per
-        # stage by the UNet's apply_control); T-SAM's pass calls the UNet with control=None. Said, not hidden.
-        if getattr(family.model.forge_objects.unet, "controlnet_linked_list", None) is not None:
-            return CONTROLNET_NOT_IN_PASS
-        return None
+    def pass_cond(self, family: ForgeSD1, cond: Any, latent: StepLatent) -> Any:
+        """Forge applies ControlNet inside its own UNet call: backend/sampling/sampling_function.py sets the
+        links' `transformer_options` and passes `control.get_control(input_x, sigma, c, len(cond_or_uncond))` to
+        the UNet, whose `apply_control` adds (and pops) the residuals per stage. T-SAM's pass does the same for its
+        conditional rows, at every evaluation (the lists are popped, and the control depends on the latent): a
+        fresh control from `control_for(z)`, computed as the host computes it — under inference mode, without
+        gradient — so the residuals are constants of the pass and the gradient runs through the UNet's blocks."""
+        linked = getattr(family.model.forge_objects.unet, "controlnet_linked_list", None)
+        if linked is None:
+            return cond
+        sigma = latent.level
+        rows = int(sigma.shape[0])
+        options = dict(family.model.forge_objects.unet.model_options.get("transformer_options", {}))
+        # sampling_function's keys for a batch of conditional rows only (COND = 0: compute_cond_mark/_indices)
+        options.update(cond_or_uncond=[0], sigmas=sigma, cond_mark=torch.zeros(rows).to(sigma),
+                       cond_indices=list(range(rows)), uncond_indices=[])
+
+        def control_for(z: Tensor) -> dict | None:
+            link = linked
+            while link is not None:
+                link.transformer_options = options
+                link = link.previous_controlnet
+            scale = (sigma.float() ** 2 + 1.0).sqrt().view(-1, *([1] * (z.dim() - 1)))
+            with torch.inference_mode():
+                x_noisy = (z.detach() * scale).to(z.dtype)  # the sampler's x for this z: calculate_input undoes it
+                control = linked.get_control(x_noisy, sigma, {**cond, "transformer_options": options}, 1)
+            if control is None:
+                return None
+            return {key: [c.clone() if isinstance(c, Tensor) else c for c in values]
+                    for key, values in control.items()}  # normal tensors: the UNet adds them into its graph
+
+        return {**cond, CONTROL_FOR: control_for}
 
     def text_ready(self, family: ForgeSD1) -> None:
         memory_management.load_model_gpu(family.model.forge_objects.clip.patcher)

@@ -62,10 +62,11 @@ class Host:
         """This call's latent. `sampler_x`: the first argument of the CFG denoiser's forward (the sampler's x)."""
         raise NotImplementedError
 
-    def pass_note(self, family: ModelFamily) -> str | None:
-        """What of the model that makes the image T-SAM's pass leaves out on this host, now (said once per
-        generation and written in the infotext), or None when its maps are the image's own."""
-        return None
+    def pass_cond(self, family: ModelFamily, cond: Any, latent: StepLatent) -> Any:
+        """The conditioning of T-SAM's pass for this call, with what the host adds inside its own UNet call that
+        T-SAM's call of the UNet would otherwise miss (Forge: ControlNet's residuals). A1111's ControlNet replaces the
+        UNet's forward instead, which `lib_align.own_blocks` handles for every host."""
+        return cond
 
 
 class UnsupportedHost(Host):

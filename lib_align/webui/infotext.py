@@ -4,8 +4,7 @@ Honesty rule: the settings keys are written only for images whose sampling T-SAM
 turned T-SAM on but nothing was applied (a refusal, a prompt of one token, a failure before the first update), the
 image carries `T-SAM: skipped (<reason>)` instead and no settings, so pasting it reproduces it with T-SAM closed. When
 T-SAM stopped part-way, the settings are written with `T-SAM note: stopped after step k (<reason>)`; the same note
-names optimised steps no gradient reached (`step k unchanged (no gradient)`) and what the host's pass left out of the
-model that made the image (`Host.pass_note`), joined by "; ".
+names optimised steps no gradient reached (`step k unchanged (no gradient)`), joined by "; ".
 Keys are set per batch at `post_sample`, before the host builds that batch's infotexts.
 """
 
@@ -36,12 +35,12 @@ def record_skipped(p: Any, reason: str) -> None:
 
 
 def record_ran(p: Any, config: AlignConfig, stopped: str | None = None, last_step: int | None = None,
-               unchanged_steps: Sequence[int] = (), notes: Sequence[str] = ()) -> None:
-    """The settings that ran, and a note when part of the run did not: what the pass left out (`notes`),
-    optimised steps (0-based) that no gradient reached, and where T-SAM stopped."""
+               unchanged_steps: Sequence[int] = ()) -> None:
+    """The settings that ran, and a note when part of the run did not: optimised steps (0-based) that no gradient
+    reached, and where T-SAM stopped."""
     forget(p)
     p.extra_generation_params.update(config.infotext())
-    notes = [short(note) for note in notes]
+    notes = []
     if unchanged_steps:
         steps = " ".join(str(s + 1) for s in unchanged_steps)
         notes.append(f"step{'s' if len(unchanged_steps) > 1 else ''} {steps} unchanged (no gradient)")

@@ -80,7 +80,6 @@ class Job:
         self.skipped: str | None = None  # why this batch had nothing to do (recorded in its infotext)
         self.said: set[str] = set()
         self.reports: list[StepReport] = []
-        self.notes: list[str] = []  # this batch: what the host's pass left out (Host.pass_note), for the infotext
         self.batch_start = 0  # index in `reports` where the current batch's reports begin
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -138,7 +137,6 @@ class Job:
         p, model = self.p, shared.sd_model
         self.batch_start = len(self.reports)
         self.skipped = None
-        self.notes = []
         if model is not self.model:
             self.stop("the model changed after the job started; generating without T-SAM.")
             return
@@ -192,11 +190,8 @@ class Job:
         if cond is None or params.x.shape[0] % batch:
             self.stop("unexpected conditioning rows (multi-cond or another extension); T-SAM stops here.")
             return
-        note = common.HOST.pass_note(self.family)
-        if note is not None and note not in self.notes:
-            self.notes.append(note)
-            self.say(note)
         latent = common.HOST.step_latent(self.family, denoiser, params, sampler_x, batch)
+        cond = common.HOST.pass_cond(self.family, cond, latent)
         textinfo = shared.state.textinfo
         # "Show attention" draws S after the optimisation: one more (no-grad, truncated) pass at the last step.
         measure = self.measure_after or (self.show and step == session.optimizer.last_step - 1)

@@ -517,32 +517,58 @@ def test_low_memory_mode_gives_the_same_image_on_forge(forge, jobs):
 # -- beside Forge's built-in ControlNet ----------------------------------------------------------------------------
 
 
-class _StoppedControlNet:
-    """What backend/sampling/sampling_function.py reads of a linked ControlNet (`get_control`, the linked list and
-    `pre_run`/`cleanup` around sampling); this one is past its guidance range, where Forge's returns None."""
+@pytest.fixture
+def forge_controlnet(forge_sd15_engine: Any) -> Iterator[Any]:
+    """A ControlNet linked to the UNet patcher as sd_forge_controlnet links one (backend/patcher/controlnet.py's
+    stand-in; its control model built under inference mode, as Forge loads models)."""
+    from backend.patcher.controlnet import ControlModel, ControlNet
 
-    previous_controlnet = None
-
-    def get_control(self, x_noisy, t, cond, batched_number):
-        return None
-
-    def pre_run(self, model, percent_to_sigma):
-        pass
-
-    def cleanup(self):
-        pass
-
-
-def test_a_controlnet_on_forge_is_said_once_and_noted_in_the_infotext(forge, jobs, forge_sd15_engine, monkeypatch):
-    """T-SAM's pass on Forge calls the UNet with control=None: one line per generation and a note beside the
-    settings, never a silent difference."""
     unet = forge_sd15_engine.forge_objects.unet
-    monkeypatch.setattr(unet, "controlnet_linked_list", _StoppedControlNet())
-    res, _ = forge.txt2img(PROMPT, tsam=STRONG, **SMALL)
-    assert_normal(res, 1, 64, 64)
-    note = "ControlNet is not in T-SAM's pass on Forge"
-    assert res.comments.count(note) == 1
-    assert "T-SAM preset: Paper" in res.infotexts[0] and f"T-SAM note: \"{note}" in res.infotexts[0]
-    monkeypatch.setattr(unet, "controlnet_linked_list", None)
-    res, _ = forge.txt2img(PROMPT, tsam=STRONG, **SMALL)
-    assert "T-SAM note" not in res.infotexts[0] and note not in res.comments
+    with torch.inference_mode():
+        cnet = ControlNet(ControlModel(unet.model.diffusion_model))
+
+    def attach(strength: float, timestep_percent_range: tuple[float, float] = (0.0, 1.0)) -> Any:
+        unet.controlnet_linked_list = None
+        unet.add_patched_controlnet(cnet.set_cond_hint(None, strength, timestep_percent_range))
+        return cnet
+
+    try:
+        yield attach
+    finally:
+        unet.controlnet_linked_list = None
+
+
+def test_controlnet_at_strength_zero_gives_the_same_tsam_image_as_none(forge, jobs, forge_controlnet):
+    cnet = forge_controlnet(0.0)
+    with_unit, _ = forge.txt2img(PROMPT, tsam=STRONG, **SMALL)
+    forge.model.forge_objects.unet.controlnet_linked_list = None
+    without, _ = forge.txt2img(PROMPT, tsam=STRONG, **SMALL)
+    assert cnet.calls > 0
+    assert torch.equal(with_unit.samples, without.samples)
+    assert [r.loss_before for r in jobs[0].reports] == [r.loss_before for r in jobs[1].reports]
+
+
+def test_controlnet_residuals_are_in_tsams_pass_and_every_step_gets_a_gradient(forge, jobs, forge_controlnet):
+    """The maps T-SAM reads are those of the model that makes the image: with the residuals, other losses than
+    without them at the same first latent; the control model runs once more per evaluation (T-SAM's own)."""
+    forge.txt2img(PROMPT, tsam=STRONG, **BASE)
+    plain = jobs[-1].reports
+    cnet = forge_controlnet(1.0)
+    off, _ = forge.txt2img(PROMPT, **BASE)
+    host_calls, cnet.calls = cnet.calls, 0
+    res, _ = forge.txt2img(PROMPT, tsam=STRONG, **BASE)
+    assert_normal(res, 1, 128, 128)
+    reports = jobs[-1].reports
+    assert len(reports) == 3 and all(r.iterations == 1 and not r.no_gradient for r in reports)
+    assert reports[0].loss_before != plain[0].loss_before
+    assert cnet.calls == host_calls + len(reports)  # the host's calls plus one per T-SAM evaluation
+    assert not torch.equal(res.samples, off.samples) and "T-SAM note" not in res.infotexts[0]
+
+
+def test_controlnet_outside_its_range_adds_nothing_and_leaves_no_step_without_gradient(forge, jobs,
+                                                                                        forge_controlnet):
+    forge_controlnet(1.0, (0.5, 1.0))
+    res, _ = forge.txt2img(PROMPT, tsam={**STRONG, "steps_fraction": 1.0}, **BASE)
+    reports = jobs[-1].reports
+    assert len(reports) == 6 and not any(r.no_gradient for r in reports)
+    assert "T-SAM preset: Paper" in res.infotexts[0] and "no gradient" not in res.infotexts[0]

@@ -1,7 +1,7 @@
 """Mirrors backend/patcher/unet.py: `UnetPatcher` (`sd_model.forge_objects.unet`), a ModelPatcher around a KModel
 with the sampling-time extras Forge reads in backend/sampling/sampling_function.py: `controlnet_linked_list`,
 `extra_concat_condition`, `extra_preserved_memory_during_sampling`, `extra_model_patchers_during_sampling`.
-Simplified: ControlNets can be linked but the stand-in has none of its own; no extra torch-module binding.
+ControlNets: backend/patcher/controlnet.py's stand-in. Simplified: no extra torch-module binding.
 """
 
 from __future__ import annotations

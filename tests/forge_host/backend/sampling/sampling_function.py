@@ -72,6 +72,10 @@ def calc_cond_uncond_batch(model: Any, cond: list[dict], uncond: list[dict] | No
         c["transformer_options"] = transformer_options
         control = picked[0][0]["control"]
         if control is not None:
+            link = control
+            while link is not None:
+                link.transformer_options = transformer_options
+                link = link.previous_controlnet
             c["control"] = control.get_control(input_x, timestep_, dict(c), len(cond_or_uncond))
         if "model_function_wrapper" in model_options:
             output = model_options["model_function_wrapper"](model.apply_model, {
