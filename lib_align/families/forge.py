@@ -18,6 +18,8 @@ the engine's own value is read, so T uses the very layers that fed this job's co
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -56,6 +58,43 @@ def engine_targets(engine: Any, text: str, power: float, device: torch.device) -
 
 
 CONTROL_FOR = "control_for"  # the pass's cond key of the host's ControlNet factory (webui/forge.py pass_cond)
+
+
+@contextlib.contextmanager
+def residuals_added(unet: nn.Module, control: dict | None) -> Iterator[None]:
+    """Forge's `apply_control` (backend/nn/unet.py), out of place: each input block's and the middle block's output
+    + control["input"/"middle"].pop(), and each output block's skip (the channels after h in its input) +
+    control["output"].pop(). Forge adds in place (`h += ctrl`), which a backward cannot pass: the skip tensors were
+    already saved by the next block when the decoder adds to them."""
+    if not control:
+        yield
+        return
+    lists = {key: list(values) for key, values in control.items()}
+
+    def take(name: str) -> Tensor | None:
+        return lists[name].pop() if lists.get(name) else None
+
+    def after(name: str) -> Any:
+        def hook(_module: nn.Module, _args: tuple, output: Tensor) -> Tensor | None:
+            ctrl = take(name)
+            return None if ctrl is None else output + ctrl
+        return hook
+
+    def skip_plus(_module: nn.Module, args: tuple) -> tuple | None:
+        ctrl = take("output")
+        if ctrl is None:
+            return None
+        x, width = args[0], ctrl.shape[1]
+        return (torch.cat([x[:, :-width], x[:, -width:] + ctrl], dim=1), *args[1:])
+
+    handles = [block.register_forward_hook(after("input")) for block in unet.input_blocks]
+    handles.append(unet.middle_block.register_forward_hook(after("middle")))
+    handles += [block.register_forward_pre_hook(skip_plus) for block in unet.output_blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _normal(tensor: Tensor) -> Tensor:
@@ -110,8 +149,9 @@ class ForgeSD1(ModelFamily):
         control_for = cond.get(CONTROL_FOR)
         extra = {k: _normal(v.to(dtype)) for k, v in cond.items() if k not in ("c_crossattn", CONTROL_FOR)}
         control = control_for(z) if control_for is not None else None
-        return self.unet(z.to(dtype), t.float(), context=_normal(cond["c_crossattn"].to(dtype)), control=control,
-                         transformer_options={}, **extra)
+        with residuals_added(self.unet, control):
+            return self.unet(z.to(dtype), t.float(), context=_normal(cond["c_crossattn"].to(dtype)), control=None,
+                             transformer_options={}, **extra)
 
     def uses_clip_skip(self, options: Any) -> bool:
         return False  # the engine's own clip_skip is read (Forge set it from the setting for this job)

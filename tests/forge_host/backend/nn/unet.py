@@ -44,7 +44,7 @@ def apply_control(h: Tensor, control: Any, name: str) -> Tensor:
     if control is not None and name in control and len(control[name]) > 0:
         ctrl = control[name].pop()
         if ctrl is not None:
-            h = h + ctrl
+            h += ctrl  # in place, as Forge does: under autograd this breaks a backward through the skip tensors
     return h
 
 
