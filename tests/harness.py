@@ -8,6 +8,7 @@ modules in (`HostModules`) and this file never imports them; it is shared by bot
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,22 @@ class WebUIHarness:
             return self.txt2img(prompt, extension=False, **kwargs)[0]
         finally:
             callbacks[:] = saved
+
+
+class EncoderCopy(torch.nn.Module):
+    """What the ControlNet stand-ins' control models start from (a ControlNet is trained from a copy of the UNet's
+    encoder): deep copies of the UNet's time embedding, input blocks and middle block, N(0, 0.05) added (seed)."""
+
+    def __init__(self, unet: Any, seed: int = 5) -> None:
+        super().__init__()
+        self.model_channels = unet.model_channels
+        self.time_embed = copy.deepcopy(unet.time_embed)
+        self.input_blocks = copy.deepcopy(unet.input_blocks)
+        self.middle_block = copy.deepcopy(unet.middle_block)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
 def reset_common_state(shared: Any, sd_samplers: Any, script_callbacks: Any, images: Any) -> None:

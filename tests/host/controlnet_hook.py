@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from harness import EncoderCopy
 from ldm.modules.diffusionmodules.util import timestep_embedding
 from modules import script_callbacks, scripts
 from torch import nn
@@ -35,19 +36,8 @@ class Unit:
     guidance_stopped: bool = False
 
 
-class ControlModel(nn.Module):
+class ControlModel(EncoderCopy):
     """A copy of the UNet's time embedding, input blocks and middle block: 13 residuals for a 12-block encoder."""
-
-    def __init__(self, unet: nn.Module, seed: int = 5) -> None:
-        super().__init__()
-        self.model_channels = unet.model_channels
-        self.time_embed = copy.deepcopy(unet.time_embed)
-        self.input_blocks = copy.deepcopy(unet.input_blocks)
-        self.middle_block = copy.deepcopy(unet.middle_block)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
     def forward(self, x, hint=None, timesteps=None, context=None):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False))

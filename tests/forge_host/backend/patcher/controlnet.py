@@ -13,27 +13,14 @@ or conditioning modifiers, no advanced weighting (compute_controlnet_weighting r
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-import torch
-from torch import nn
+from harness import EncoderCopy
 
 from backend.nn.unet import timestep_embedding
 
 
-class ControlModel(nn.Module):
-    def __init__(self, unet: nn.Module, seed: int = 5) -> None:
-        super().__init__()
-        self.model_channels = unet.model_channels
-        self.time_embed = copy.deepcopy(unet.time_embed)
-        self.input_blocks = copy.deepcopy(unet.input_blocks)
-        self.middle_block = copy.deepcopy(unet.middle_block)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-
+class ControlModel(EncoderCopy):
     def forward(self, x, hint=None, timesteps=None, context=None, y=None):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         outs, h = [], x
