@@ -23,6 +23,10 @@ LOSS_FORMS = ("paper", "official")
 REFINE_OFF, REFINE_OFFICIAL, REFINE_WHILE_ABOVE = "off", "official", "while above"
 REFINE_RULES = (REFINE_OFF, REFINE_OFFICIAL, REFINE_WHILE_ABOVE)
 OFFICIAL_REFINE_CHECK = 20  # the released loop's `cnt == 20`
+# Memory modes of T-SAM's pass (the `low_memory` setting): gradient checkpointing on, off, or after an out-of-memory.
+MEMORY_AUTO, MEMORY_ON, MEMORY_OFF = "auto", "on", "off"
+MEMORY_MODES = (MEMORY_AUTO, MEMORY_ON, MEMORY_OFF)
+RAN = " → "  # an infotext value may add what ran after the setting ("auto → low"); the setting is what precedes it
 
 
 def _setting(default: Any, label: str, key: str, help: str, **spec: Any) -> Any:
@@ -85,10 +89,17 @@ class AlignConfig:
     smooth: bool = _setting(
         True, "Smooth attention maps", "T-SAM smooth",
         "Gaussian-smooth each token's cross-attention map (3x3, sigma 0.5) before comparing maps.")
-    low_memory: bool = _setting(
-        False, "Low-memory mode (slower)", "T-SAM low memory",
-        "For small GPUs: the T-SAM pass recomputes the UNet's activations during its backward instead of keeping "
-        "them (gradient checkpointing). Same result, less memory; each update takes up to half as long again.")
+    low_memory: str = _setting(
+        MEMORY_AUTO, "Memory mode", "T-SAM memory",
+        "on: the T-SAM pass recomputes the UNet's activations during its backward instead of keeping them (gradient "
+        "checkpointing): same result, less memory, each update up to half as long again. off: never. auto: the "
+        "normal pass until the GPU runs out of memory in it, then that update again and the rest of the generation "
+        "with checkpointing.",
+        choices=MEMORY_MODES,
+        # Before the modes, the setting was a checkbox ("T-SAM low memory: True/False" in old infotexts).
+        aliases={"true": MEMORY_ON, "1": MEMORY_ON, "yes": MEMORY_ON, "false": MEMORY_OFF, "0": MEMORY_OFF,
+                 "no": MEMORY_OFF},
+        old_keys=("T-SAM low memory",))
 
     # --- presets -------------------------------------------------------------------------------------------
     @classmethod
@@ -200,9 +211,18 @@ class AlignConfig:
     @classmethod
     def from_infotext(cls, params: Mapping[str, Any]) -> AlignConfig:
         """Inverse of `infotext()`; keys that are absent keep the preset's defaults."""
-        named = {f.name: params[f.metadata["key"]] for f in cls.settings() if f.metadata["key"] in params}
+        named = {}
+        for f in cls.settings():
+            key = next((k for k in infotext_keys_of(f) if k in params), None)
+            if key is not None:
+                named[f.name] = params[key]
         preset = named.pop("preset", PAPER)
         return cls.from_preset(str(preset), **named)
+
+
+def infotext_keys_of(f: dataclasses.Field) -> tuple[str, ...]:
+    """The infotext key a setting is written under, then the keys older versions wrote it under."""
+    return (f.metadata["key"], *f.metadata.get("old_keys", ()))
 
 
 # What the "Official code" preset sets; the paper's values for these are the dataclass defaults. A preset decides
@@ -237,6 +257,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     try:
         if kind == "floats":
             return parse_floats(value)
+        if "choices" in f.metadata and isinstance(value, str) and RAN in value:
+            value = value.split(RAN)[0]  # "auto → low": the setting, then what ran
         if "aliases" in f.metadata and str(value).strip().lower() in f.metadata["aliases"]:
             return f.metadata["aliases"][str(value).strip().lower()]
         if isinstance(default, int):

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .capture import DEFAULT_LEVEL, CrossAttentionCapture, checkpointed_blocks, full_precision
-from .config import AlignConfig
+from .config import MEMORY_AUTO, MEMORY_ON, AlignConfig
 from .loss import loss_threshold, prompt_loss
 from .optimizer import IterationCallback, LatentOptimizer, StepReport
 from .own_blocks import replaced_forward, through_own_blocks, top_level_blocks
@@ -54,6 +54,9 @@ class AlignSession:
         # The UNet's weights stop requiring grad during our pass (see `frozen_weights`); the benchmark's reference
         # (the official pipeline's structure) turns this off.
         self.freeze_weights = True
+        # The memory mode's state: checkpointing from the start with "on", after an out-of-memory with "auto".
+        self.checkpointing = config.low_memory == MEMORY_ON
+        self.memory_fallbacks = 0  # updates run again with checkpointing after an out-of-memory
 
     @property
     def has_work(self) -> bool:
@@ -84,11 +87,26 @@ class AlignSession:
         on_iteration: IterationCallback | None = None,
         measure_after: bool = False,
     ) -> tuple[Tensor, StepReport | None]:
-        """Optimise z (conditional rows, [B, C, h, w]) at UNet timestep t; returns the new z and what was done."""
+        """Optimise z (conditional rows, [B, C, h, w]) at UNet timestep t; returns the new z and what was done.
+
+        Memory mode "auto": an out-of-memory error in the normal pass turns `checkpointing` on and the same update
+        runs again once (the optimiser is a function of z: nothing of the failed attempt is kept)."""
         if not self.is_active(step):
             return z, None
+        try:
+            return self._update(z, t, cond, step, on_iteration, measure_after)
+        except BaseException as error:
+            if self.config.low_memory != MEMORY_AUTO or self.checkpointing or not is_out_of_memory(error):
+                raise
+        release_cached_memory()
+        self.checkpointing = True
+        self.memory_fallbacks += 1
+        return self._update(z, t, cond, step, on_iteration, measure_after)
+
+    def _update(self, z: Tensor, t: Tensor, cond: Any, step: int, on_iteration: IterationCallback | None,
+                measure_after: bool) -> tuple[Tensor, StepReport]:
         capture = self._capture_once()
-        memory_mode = checkpointed_blocks(self.unet, capture) if self.config.low_memory else contextlib.nullcontext()
+        memory_mode = checkpointed_blocks(self.unet, capture) if self.checkpointing else contextlib.nullcontext()
         frozen = frozen_weights(self.unet) if self.freeze_weights else contextlib.nullcontext()
         with capture, memory_mode, frozen:
 
@@ -129,6 +147,18 @@ class AlignSession:
         c_in = (1.0 / (sigma.float() ** 2 + 1.0).sqrt()).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
         z_new, report = self.update(x * c_in, sigma_to_t(sigma), cond, step, **kwargs)
         return z_new / c_in, report
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA, and the allocators that raise it), or a RuntimeError saying so (MPS, CPU)."""
+    kind = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(error, kind) or (isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+
+
+def release_cached_memory() -> None:
+    """What the failed attempt left in the CUDA allocator's cache goes back before the retry."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @contextlib.contextmanager

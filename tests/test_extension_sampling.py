@@ -266,6 +266,46 @@ def test_an_interrupt_after_some_steps_is_noted_with_the_settings(host):
     assert "T-SAM note: stopped after step 2 (interrupted)" in res.infotexts[0], res.infotexts[0]
 
 
+# -- memory mode ---------------------------------------------------------------------------------------------------
+
+
+def out_of_memory_once(model, monkeypatch):
+    """The first differentiable UNet call raises what torch raises when the GPU is full; later calls run."""
+    original = type(model).apply_model
+    raised = []
+
+    def apply(self, *args, **kwargs):
+        if torch.is_grad_enabled() and not raised:
+            raised.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "apply_model", apply)
+    return raised
+
+
+def test_auto_memory_mode_retries_an_out_of_memory_update_with_checkpointing(host, jobs, tiny_model, monkeypatch):
+    low, _ = host.txt2img(tsam={**STRONG, "low_memory": "on"}, **BASE)
+    normal, _ = host.txt2img(tsam=STRONG, **BASE)
+    assert "T-SAM memory: auto → normal" in normal.infotexts[0]
+    raised = out_of_memory_once(tiny_model, monkeypatch)
+    res, _ = host.txt2img(tsam=STRONG, **BASE)
+    assert raised and jobs[-1].checkpointing
+    assert [r.loss_before for r in jobs[-1].reports] == [r.loss_before for r in jobs[0].reports]  # as Low memory
+    torch.testing.assert_close(res.samples, low.samples)
+    assert "T-SAM memory: auto → low" in res.infotexts[0] and "T-SAM note" not in res.infotexts[0]
+    assert res.comments.count("ran out of memory in T-SAM's pass") == 1
+    assert "T-SAM memory: on" in low.infotexts[0]
+
+
+def test_memory_mode_off_lets_an_out_of_memory_stop_tsam_and_keeps_the_image(host, jobs, tiny_model, monkeypatch):
+    out_of_memory_once(tiny_model, monkeypatch)
+    res, _ = host.txt2img(tsam={**STRONG, "low_memory": "off"}, **BASE)
+    assert_normal(res, 1, 128, 128)
+    text = res.infotexts[0]
+    assert "T-SAM preset" not in text and "skipped (OutOfMemoryError: CUDA out of memory" in text
+
+
 def test_long_optimisation_shows_progress(host):
     host.txt2img(tsam={"preset": OFFICIAL, "refine_iters": 3}, **BASE)
     last = optimised(BASE["steps"], steps_fraction=0.6)

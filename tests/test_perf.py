@@ -262,11 +262,21 @@ def test_refinement_on_the_unet_gives_the_previous_latent_with_one_pass_less(tin
 
 def test_memory_mode_is_the_last_setting_so_older_argument_vectors_still_read():
     fields = AlignConfig.settings()
-    assert fields[-1].name == "low_memory" and fields[-1].default is False
+    assert fields[-1].name == "low_memory" and fields[-1].default == "auto"
     older = AlignConfig.official().to_args()[:-1]  # an API call or saved args from before the setting existed
     assert AlignConfig.from_args(older) == AlignConfig.official()
-    assert AlignConfig.from_args([*older, True]).low_memory is True
-    assert AlignConfig.from_infotext(AlignConfig.paper(low_memory=True).infotext()).low_memory is True
+    assert AlignConfig.from_args([*older, True]).low_memory == "on"  # the checkbox it was: True = checkpointing
+    assert AlignConfig.from_args([*older, False]).low_memory == "off"
+    assert AlignConfig.from_infotext(AlignConfig.paper(low_memory=True).infotext()).low_memory == "on"
+
+
+@pytest.mark.parametrize(("params", "mode"), [
+    ({"T-SAM low memory": "True"}, "on"), ({"T-SAM low memory": "False"}, "off"),
+    ({"T-SAM memory": "auto → low"}, "auto"), ({"T-SAM memory": "on"}, "on"), ({}, "auto")])
+def test_old_and_new_infotexts_of_the_memory_mode_paste(params, mode):
+    """Before the modes the setting was a checkbox written as `T-SAM low memory: True/False`; now `T-SAM memory`
+    holds the mode and, for auto, what ran after an arrow."""
+    assert AlignConfig.from_infotext({"T-SAM preset": "Paper", **params}).low_memory == mode
 
 
 # -- precision -----------------------------------------------------------------------------------------------------

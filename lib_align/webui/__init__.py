@@ -101,7 +101,7 @@ def after_sampling(p: Any) -> None:
     missing = job.without_gradient()
     if job.applied_in_batch():
         last = max(r.step for r in job.batch_reports() if r.iterations > 0)
-        infotext.record_ran(p, job.config, cut, last, unchanged_steps=missing)
+        infotext.record_ran(p, job.config, cut, last, unchanged_steps=missing, memory=job.memory_ran())
     elif missing:
         infotext.record_skipped(p, cut or NO_GRADIENT)
     else:

@@ -15,10 +15,11 @@ from typing import Any
 
 from modules.infotext_utils import PasteField
 
-from ..config import AlignConfig
+from ..config import AlignConfig, infotext_keys_of
 
 SKIPPED_KEY = "T-SAM"  # "skipped (reason)": the user asked for T-SAM and nothing of it ran
 NOTE_KEY = "T-SAM note"  # "stopped after step k (reason)": it ran, then stopped
+MEMORY_KEY = next(f.metadata["key"] for f in AlignConfig.settings() if f.name == "low_memory")  # "auto → low"
 
 
 def forget(p: Any) -> None:
@@ -35,11 +36,13 @@ def record_skipped(p: Any, reason: str) -> None:
 
 
 def record_ran(p: Any, config: AlignConfig, stopped: str | None = None, last_step: int | None = None,
-               unchanged_steps: Sequence[int] = ()) -> None:
-    """The settings that ran, and a note when part of the run did not: optimised steps (0-based) that no gradient
-    reached, and where T-SAM stopped."""
+               unchanged_steps: Sequence[int] = (), memory: str | None = None) -> None:
+    """The settings that ran (`memory`: the memory mode's value with what ran, e.g. "auto → low"), and a note when
+    part of the run did not: optimised steps (0-based) that no gradient reached, and where T-SAM stopped."""
     forget(p)
     p.extra_generation_params.update(config.infotext())
+    if memory is not None:
+        p.extra_generation_params[MEMORY_KEY] = memory
     notes = []
     if unchanged_steps:
         steps = " ".join(str(s + 1) for s in unchanged_steps)
@@ -73,10 +76,9 @@ def pasted_setting(f: Any) -> Callable[[Mapping[str, Any]], Any]:
     connect_paste) special-cases "False". Returning a bool (or float, str) makes both paths agree; an unreadable
     value is left alone (None) rather than pasted wrong.
     """
-    key = f.metadata["key"]
-
     def value(params: Mapping[str, Any]) -> Any:
-        if key not in params:
+        key = next((k for k in infotext_keys_of(f) if k in params), None)
+        if key is None:
             return None
         try:
             config = AlignConfig.from_infotext({"T-SAM preset": params.get("T-SAM preset", "Paper"), key: params[key]})

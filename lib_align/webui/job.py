@@ -21,7 +21,7 @@ from modules import prompt_parser, sd_samplers_common, shared
 from torch import Tensor
 
 from ..capture import NotAlignable
-from ..config import AlignConfig
+from ..config import MEMORY_AUTO, RAN, AlignConfig
 from ..families import ModelFamily
 from ..optimizer import IterationCallback, StepReport
 from ..pictures import ImageAttention
@@ -81,6 +81,7 @@ class Job:
         self.said: set[str] = set()
         self.reports: list[StepReport] = []
         self.batch_start = 0  # index in `reports` where the current batch's reports begin
+        self.checkpointing = False  # memory mode auto: an out-of-memory switched the pass to checkpointing
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -121,6 +122,11 @@ class Job:
 
     def batch_reports(self) -> list[StepReport]:
         return self.reports[self.batch_start:]
+
+    def memory_ran(self) -> str:
+        """The infotext value of the memory mode: the setting, and with "auto" what ran ("auto → low")."""
+        mode = self.config.low_memory
+        return f"{mode}{RAN}{'low' if self.checkpointing else 'normal'}" if mode == MEMORY_AUTO else mode
 
     def without_gradient(self) -> list[int]:
         """This batch's optimised steps (0-based) at which no gradient reached the maps."""
@@ -196,6 +202,8 @@ class Job:
         # "Show attention" draws S after the optimisation: one more (no-grad, truncated) pass at the last step.
         measure = self.measure_after or (self.show and step == session.optimizer.last_step - 1)
         progress = self._progress(step, session)
+        session.checkpointing = session.checkpointing or self.checkpointing  # another prompt's pass ran out before
+        fallbacks = session.memory_fallbacks
         try:
             with common.HOST.gradient(self.family.unet):
                 if latent.sigma_to_t is not None:  # k-diffusion: level is a noise level and x = z / c_in
@@ -206,6 +214,10 @@ class Job:
                                                    measure_after=measure)
         finally:
             shared.state.textinfo = textinfo
+            self.checkpointing = self.checkpointing or session.checkpointing
+        if session.memory_fallbacks > fallbacks:
+            self.say("the GPU ran out of memory in T-SAM's pass; that update ran again with gradient checkpointing, "
+                     "which stays on for the rest of this generation (memory mode auto).")
         if report is None:
             return
         self.reports.append(report)
