@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .capture import NotAlignable
+from .config import LOSS_FORMS
 from .text import ChunkTarget
 
 
@@ -81,7 +82,7 @@ def official_loss(cos: Tensor, target: Tensor) -> Tensor:
     return (weights * (1 - row_cos))[1:].sum()
 
 
-LOSSES = {"paper": paper_loss, "official": official_loss}
+LOSSES = dict(zip(LOSS_FORMS, (paper_loss, official_loss), strict=True))  # the setting's names, in its order
 
 
 def alignment_loss(maps: Tensor, target: Tensor, form: str, smooth: bool = True, offset: int = 0) -> Tensor:
@@ -115,8 +116,3 @@ def loss_threshold(targets: list[ChunkTarget], per_token: float) -> float:
     otherwise); its entries equal 0.14 * (L-1) closely enough that the formula generalises it to any length.
     """
     return per_token * sum(max(0, c.length - 1) for c in targets)
-
-
-def is_finite(x: Tensor) -> bool:
-    return bool(torch.isfinite(x).all())
-

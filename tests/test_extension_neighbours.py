@@ -225,9 +225,9 @@ def regional(host, tiny_model):
 
 
 def test_regional_prompter_attention_mode_is_refused_in_one_line(host, jobs, regional):
-    """The issue's case: `a black car BREAK a white clock` in Attention mode aligned the first chunk's T with the
-    second region's maps. Now: detected (a second key set in one attention call), one line, a normal image, the
-    infotext says T-SAM was skipped — and the image is the one Regional Prompter makes without T-SAM."""
+    """As found in the real A1111: `a black car BREAK a white clock` in Attention mode aligned the first chunk's T
+    with the second region's maps. Now: detected (a second key set in one attention call), one line, a normal image,
+    the infotext says T-SAM was skipped — and the image is the one Regional Prompter makes without T-SAM."""
     regional.active = True
     prompt = "a black car BREAK a white clock"
     plain, _ = host.txt2img(prompt, **BASE)
@@ -265,7 +265,7 @@ def prompt_matrix(host):
 
 
 def test_prompt_matrix_with_show_attention_makes_its_grid_and_says_why_no_pictures(host, jobs, prompt_matrix):
-    """The issue's case: Prompt matrix (two prompts) + Show attention was an AssertionError (HTTP 500) in the
+    """As found in the real A1111: Prompt matrix (two prompts) + Show attention was an AssertionError (HTTP 500) in the
     script's grid, because the pictures were appended to the images it counts."""
     args = host.args({**STRONG, "show_attention": True})
     args[0] = 1  # the selectable script's index + 1, as the host's dropdown sets it

@@ -205,7 +205,7 @@ def test_no_hooks_or_callbacks_left_after_20_jobs(host, tiny_model, jobs):
     assert unet_hook_count(host.model) == unet_hooks
     assert {name: len(items) for name, items in script_callbacks.callback_map.items()} == callbacks
     assert len(cfg_callbacks()) == 1
-    assert host.module._hooked == []
+    assert host.module.hooked_jobs() == []
     assert len([job for job in jobs if job is not None]) == 14  # 15 enabled jobs, one of which raised
 
 
@@ -233,8 +233,8 @@ def test_interrupt_and_skip_stop_the_optimisation_loop(host, tiny_model, flag):
 @pytest.mark.parametrize(("flag", "reason"), [("interrupted", "interrupted"),
                                              ("skipped", "the user skipped this image")])
 def test_an_interrupt_inside_the_loop_is_the_reason_the_infotext_gives(host, tiny_model, flag, reason):
-    """The issue's case: Interrupt while the progress reads 'T-SAM: step 1/k, update 3/31' — no step was finished,
-    and the infotext must say why (it said 'no step was optimised (strength 0, ...)')."""
+    """Interrupt while the progress reads 'T-SAM: step 1/k, update 3/31' (as found in the real A1111): no step was
+    finished, and the infotext must say why (it said 'no step was optimised (strength 0, ...)')."""
     forwards = []
 
     def press(module, inputs, output):

@@ -21,12 +21,12 @@ from . import infotext, output, xyz
 from .analyze import analyze_prompt
 from .common import JOB_ATTR, tell
 from .infotext import paste_fields
-from .job import NO_GRADIENT, Job, _hooked, current_family, own_job, unhook_stale
+from .job import NO_GRADIENT, Job, current_family, hooked_jobs, own_job, unhook_stale
 from .refusals import refusal
 
 PROMPT_ELEM_ID = "txt2img_prompt"  # the txt2img prompt textbox (modules/ui_toprow.py)
 
-__all__ = ["PROMPT_ELEM_ID", "Job", "_hooked", "after_sampling", "analyze_prompt", "before_sampling", "finish",
+__all__ = ["PROMPT_ELEM_ID", "Job", "hooked_jobs", "after_sampling", "analyze_prompt", "before_sampling", "finish",
            "on_cfg_denoiser", "own_job", "paste_fields", "process", "register_callbacks"]
 
 

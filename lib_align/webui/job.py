@@ -256,6 +256,11 @@ class Job:
         return on_iteration
 
 
+def hooked_jobs() -> list[Job]:
+    """Jobs holding a pre-hook on a sampler now (after a generation: none, once the next one has started)."""
+    return list(_hooked)
+
+
 def own_job(p: Any) -> Job | None:
     job = getattr(p, JOB_ATTR, None)
     return job if isinstance(job, Job) and job.p is p else None

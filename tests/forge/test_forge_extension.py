@@ -283,7 +283,7 @@ def test_no_hooks_or_callbacks_left_after_20_jobs(forge, jobs, forge_sd15_engine
     assert prehooks_left() == 0
     assert unet_hook_count(forge_sd15_engine) == unet_hooks
     assert {name: len(items) for name, items in script_callbacks.callback_map.items()} == callbacks
-    assert forge.module._hooked == []
+    assert forge.module.hooked_jobs() == []
     assert all(p.is_inference() for p in unet.parameters())
     assert len([job for job in jobs if job is not None]) == 14  # 15 enabled jobs, one of which raised
 
