@@ -1,12 +1,25 @@
 """T-SAM (Kim, Esmaeili, Qiu, CVPR 2025): align the UNet's cross-attention similarity S with the text encoder's
 self-attention T by gradient steps on the latent. Host-free: torch, transformers and ldm only."""
 
-from .capture import CrossAttentionCapture, cross_attention_layers, level_size
-from .config import OFFICIAL, PAPER, PRESETS, AlignConfig
-from .loss import alignment_loss, prompt_loss, similarity_matrix
-from .optimizer import LatentOptimizer, StepReport
-from .session import AlignSession
-from .text import ChunkTarget, chunk_targets, encoder_self_attention, text_target
+import importlib
+from typing import Any
+
+# Re-exports, imported on first use (PEP 562): `lib_align.config` (torch-free) then loads without torch, so a
+# command's `--help` or argument check answers at once.
+_EXPORTS = {
+    "CrossAttentionCapture": "capture", "cross_attention_layers": "capture", "level_size": "capture",
+    "OFFICIAL": "config", "PAPER": "config", "PRESETS": "config", "AlignConfig": "config",
+    "alignment_loss": "loss", "prompt_loss": "loss", "similarity_matrix": "loss",
+    "LatentOptimizer": "optimizer", "StepReport": "optimizer", "AlignSession": "session",
+    "ChunkTarget": "text", "chunk_targets": "text", "encoder_self_attention": "text", "text_target": "text",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lib_align' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
 
 __all__ = [
     "OFFICIAL",

@@ -3,7 +3,8 @@
 Runs T-SAM end to end outside the web UI on a model of the chosen family (SD1 by default; SD2: OpenCLIP ViT-H text,
 T from its penultimate blocks; SDXL: CLIP-L + bigG, T from CLIP-L) and writes the image, T, S before/after and the
 loss per optimised step. The method code is the same for every family. Without --ckpt (SD1 only) the model is small
-and randomly initialised: the image is noise, and the run shows the mechanics (the loss falls), not image quality.
+and randomly initialised: the image is noise, and the run shows the mechanics (each update lowers the loss at its own
+step), not image quality.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lib_align.config import PRESETS, AlignConfig
-from lib_align.loss import similarity_matrix
+
+from .samplers import SAMPLERS
 
 DEFAULT_PROMPT = "a black car and a white clock"
 FAMILIES = ("sd1", "sd2", "sdxl")
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--size", default="256", help="WIDTH or WIDTHxHEIGHT in pixels (multiples of 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cfg-scale", type=float, default=7.5)
-    ap.add_argument("--sampler", default="euler", help="euler, euler_a, dpmpp_2m, heun or lms")
+    ap.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
     ap.add_argument("--preset", default=PRESETS[0], choices=PRESETS)
     ap.add_argument("--strength", type=float, default=None, help="override the preset's step size")
     ap.add_argument("--cpu-threads", type=int, default=None)
@@ -56,15 +56,25 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def check_args(args: argparse.Namespace) -> tuple[int, int]:
+    """Every argument checked before anything is built or written (one line each); returns (width, height)."""
+    size = parse_size(args.size)
+    if args.family != "sd1" and (args.ckpt or args.cache_dir):
+        # Checkpoints stay SD1-only: SD2 would need eps/v chosen by the user and SDXL a full loader of the sgm
+        # layout (two text encoders); the tiny random models build in seconds, so there is nothing to cache.
+        raise SystemExit(f"--ckpt and --cache-dir work with --family sd1 only (not {args.family})")
+    if args.ckpt and not Path(args.ckpt).is_file():
+        raise SystemExit(f"--ckpt {args.ckpt}: no such file")
+    if args.steps < 1:
+        raise SystemExit(f"--steps {args.steps}: at least 1")
+    return size
+
+
 def load_model(args: argparse.Namespace) -> tuple[Any, bool]:
-    """(model, random weights?) for the chosen family."""
+    """(model, random weights?) for the chosen family (arguments already checked)."""
     from .models import full_size_sd, load_sd_state_dict, tiny_sd
 
     if args.family != "sd1":
-        # Checkpoints stay SD1-only: SD2 would need eps/v chosen by the user and SDXL a full loader of the sgm
-        # layout (two text encoders); the tiny random models build in seconds, so there is nothing to cache.
-        if args.ckpt or args.cache_dir:
-            raise SystemExit(f"--ckpt and --cache-dir work with --family sd1 only (not {args.family})")
         if args.family == "sd2":
             from .sd2 import tiny_sd2
 
@@ -92,29 +102,35 @@ def load_model(args: argparse.Namespace) -> tuple[Any, bool]:
     return tiny_sd(), True
 
 
-def _ldm_state(sd: Any) -> dict[str, torch.Tensor]:
+def _ldm_state(sd: Any) -> dict[str, Any]:
     return {k: v for k, v in sd.state_dict().items() if not k.endswith("position_ids")}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    width, height = check_args(args)
+    overrides = {} if args.strength is None else {"step_size": args.strength}
+    try:
+        config = AlignConfig.from_preset(args.preset, **overrides)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    import torch  # after the checks: `--help` and a bad argument answer at once
+
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
-    width, height = parse_size(args.size)
-    overrides = {} if args.strength is None else {"step_size": args.strength}
-    config = AlignConfig.from_preset(args.preset, **overrides)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
+    from lib_align.loss import similarity_matrix
     from lib_align.pictures import session_pictures, words
     from lib_align.visualize import render_matrix
 
     from .pipeline import generate
 
     sd, random_weights = load_model(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     if random_weights:
         print("NOTE: random weights (no checkpoint given): the image is noise. This run shows the mechanics of "
-              "T-SAM (the loss falls), not image quality.")
+              "T-SAM (each update lowers the loss at its own step), not image quality.")
     started = time.perf_counter()
     result = generate(sd, args.prompt, config, negative=args.negative, steps=args.steps, width=width,
                       height=height, seed=args.seed, cfg_scale=args.cfg_scale, sampler=args.sampler)
@@ -142,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"family: {args.family}  prompt: {args.prompt!r}  preset: {config.preset}  steps: {args.steps}  "
           f"size: {width}x{height}  time: {elapsed:.1f}s")
     for e in losses:
-        print(f"  step {e['step']:3d}: loss {e['loss_before']:.4f} -> {e['loss_after']:.4f}")
+        print(f"  step {e['step']:3d}: loss {e['loss_before']:.4f} -> {e['loss_after']:.4f} after its update")
     if losses:
-        first, last = losses[0], losses[-1]
-        print(f"loss at the first optimised step {first['loss_before']:.4f}, after the last update "
-              f"{last['loss_after']:.4f}")
+        # Each update is judged at its own step (the same latent before and after it); the losses of different steps
+        # are of different latents and noise levels, not a trend to compare.
+        lowered = sum(e["loss_after"] < e["loss_before"] for e in losses)
+        change = sum((e["loss_after"] - e["loss_before"]) / e["loss_before"] for e in losses) / len(losses)
+        print(f"{lowered} of {len(losses)} updates lowered the loss at their step (mean change {100 * change:+.2f} %)")
     extra = ", S_before_after.png, token_maps.png" if args.show_attention else ""
     print(f"wrote {out}/image.png, T.png, S_before.png, S_after.png, loss.json{extra}")
     return 0

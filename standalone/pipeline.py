@@ -25,16 +25,10 @@ from lib_align.session import AlignSession
 from lib_align.text import ChunkTarget, chunk_targets, tokenize_chunks
 
 from .models import import_k_diffusion
+from .samplers import SAMPLERS
 
 Cond = Tensor | dict[str, Tensor]  # SD1/SD2: the context [1, 77n, dim]; SDXL: {"crossattn", "vector"}
 
-SAMPLERS = {
-    "euler": "sample_euler",
-    "euler_a": "sample_euler_ancestral",
-    "dpmpp_2m": "sample_dpmpp_2m",
-    "heun": "sample_heun",
-    "lms": "sample_lms",
-}
 
 
 @dataclass
