@@ -23,6 +23,7 @@ from lib_align.config import AlignConfig
 
 from .flops import count_flops
 from .measure import MemoryMeter, interleaved, load_average, machine, median, timed_peaks
+from .native import native_flops
 from .workload import PROMPT, OffRunner, Sampling, Workload, build_model, off_runner, sdxl_workload
 
 TARGETS = {  # the project's speed and memory targets (ratios to plain): key -> bound
@@ -33,6 +34,7 @@ TARGETS = {  # the project's speed and memory targets (ratios to plain): key -> 
     "off_overhead": 1.02,
     "peak_mem_ratio": 1.5,
     "sdxl_iteration_vs_plain_step": 1.0,
+    "sdxl_iteration_flops_vs_plain_step": 0.85,
     "sdxl_off_overhead": 1.02,
     "sdxl_peak_mem_ratio": 1.5,
 }
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         out.line(f"  {key}: {value}")
     out.line(f"  load average at start: {load_average()} (other processes on the machine add noise to every time)")
     results: dict[str, Any] = {}
+    results.update(native_figures(args.prompt, out))
     if args.only != "sdxl":
         results.update(sd1_figures(plan, args.prompt, device, dtype, meter, out))
         gc.collect()  # the SD1 model is gone before the SDXL UNet (10 GB in fp32) is built
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         notes["peak_mem_ratio"] = (f"above the weights: {results['peak_mem_extra_ratio']:.2f}; memory mode: "
                                    f"{results['lowmem_peak_mem_ratio']:.3f} / "
                                    f"{results['lowmem_peak_mem_extra_ratio']:.2f}")
+    notes["sdxl_iteration_flops_vs_plain_step"] = (f"full-size UNet at 1024x1024 in FLOPs ("
+                                                   f"{results['sdxl_1024_iteration_tflop']:.2f} vs "
+                                                   f"{results['sdxl_1024_plain_step_tflop']:.2f} TFLOP)")
     if "sdxl_iteration_vs_plain_step" in results:
         where = f"SDXL {results['sdxl_model']} UNet at {results['sdxl_size']}"
         notes["sdxl_iteration_vs_plain_step"] = where
@@ -283,6 +289,22 @@ def sdxl_figures(plan: Plan, prompt: str, device: torch.device, dtype: torch.dty
         "sdxl_size": f"{w}x{h}",
         "sdxl_off_size": f"{off_plan.size[0]}x{off_plan.size[1]}",
     }
+
+
+def native_figures(prompt: str, out: Printer) -> dict[str, float]:
+    """FLOPs of an iteration and of a plain CFG step at each family's native size, counted on the meta device
+    (bench/native.py): hardware-independent, the measure SDXL's cost is judged by (CPU time at 512² is not its
+    workload)."""
+    t0 = time.perf_counter()
+    figures = native_flops(prompt)
+    out.line("")
+    seconds = time.perf_counter() - t0
+    out.line(f"FLOPs at native sizes (full-size UNets on the meta device: shapes only, {seconds:.0f} s):")
+    for name, label in (("sd1_512", "SD1 at 512x512"), ("sdxl_1024", "SDXL at 1024x1024")):
+        iteration, plain = figures[f"{name}_iteration_tflop"], figures[f"{name}_plain_step_tflop"]
+        out.line(f"  {label:<18} iteration {iteration:6.2f} TFLOP, plain CFG step {plain:6.2f} TFLOP: "
+                 f"{iteration / plain:.3f} x plain")
+    return figures
 
 
 class Printer:

@@ -325,14 +325,20 @@ def test_bench_smoke_prints_every_figure_as_json():
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     required = {"iteration_vs_full", "iteration_vs_plain_step", "paper_total_vs_plain", "official_total_vs_plain",
                 "reference_total_vs_plain", "off_overhead", "peak_mem_ratio",
-                "sdxl_iteration_vs_plain_step", "sdxl_off_overhead", "sdxl_peak_mem_ratio"}
+                "sdxl_iteration_vs_plain_step", "sdxl_off_overhead", "sdxl_peak_mem_ratio",
+                "sdxl_iteration_flops_vs_plain_step", "iteration_flops_vs_plain_step_sd1_512",
+                "sdxl_1024_iteration_tflop", "sdxl_1024_plain_step_tflop"}
     assert required <= set(figures)
     assert all(isinstance(figures[k], float) and figures[k] > 0 for k in required)
     assert "torch_threads: " in done.stdout
     # The SDXL row ran the tiny SDXL (smoke) through the SDXL family's path: dict cond, stand-in HostModelSDXL.
     assert figures["sdxl_model"] == "tiny"
     assert "HostModelSDXL" in done.stdout
-    for key in ("sdxl_iteration_vs_plain_step", "sdxl_off_overhead", "sdxl_peak_mem_ratio"):
+    # FLOPs at the native sizes are counted on the meta device in every mode: the full-size UNets' figures.
+    assert figures["sd1_512_plain_step_tflop"] > 1.0  # the full-size UNet's (the tiny model's is ~1000x smaller)
+    assert figures["sdxl_1024_plain_step_tflop"] > 5 * figures["sd1_512_plain_step_tflop"]
+    for key in ("sdxl_iteration_vs_plain_step", "sdxl_off_overhead", "sdxl_peak_mem_ratio",
+                "sdxl_iteration_flops_vs_plain_step"):
         assert any(line.lstrip().startswith(key) and "target <=" in line for line in done.stdout.splitlines()), key
 
 
