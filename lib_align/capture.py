@@ -40,6 +40,13 @@ SPLIT_ATTENTION = ("another extension computes the cross-attention in several pa
                    "Attention mode, or alike): T-SAM cannot read one map per word")
 
 
+def top_level_blocks(unet: nn.Module) -> list[nn.Module] | None:
+    """An ldm/sgm UNet's top-level blocks in execution order, or None for a UNet of another structure."""
+    if not all(hasattr(unet, a) for a in ("input_blocks", "middle_block", "output_blocks")):
+        return None
+    return [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
+
+
 def _is_cross_attention(name: str, module: nn.Module) -> bool:
     return name.endswith("attn2") and all(hasattr(module, a) for a in ("to_q", "to_k", "heads"))
 
@@ -51,7 +58,7 @@ def cross_attention_layers(unet: nn.Module) -> list[AttentionLayer]:
     Downsample and halves after each output block holding an Upsample. Other UNets get ds=None and are matched by
     the query length at run time.
     """
-    if not all(hasattr(unet, a) for a in ("input_blocks", "middle_block", "output_blocks")):
+    if top_level_blocks(unet) is None:
         return [AttentionLayer(n, m, None) for n, m in unet.named_modules() if _is_cross_attention(n, m)]
 
     def layers_in(prefix: str, block: nn.Module, ds: int) -> list[AttentionLayer]:
@@ -253,10 +260,10 @@ def checkpointed_blocks(unet: nn.Module, capture: CrossAttentionCapture) -> Iter
     tolerance. Forwards without grad run as they are. Yields how many blocks were wrapped (0 for a UNet of unknown
     structure, which then runs unchanged). The blocks' own `forward` is restored on every exit path.
     """
-    if not all(hasattr(unet, a) for a in ("input_blocks", "middle_block", "output_blocks")):
+    blocks = top_level_blocks(unet)
+    if blocks is None:
         yield 0
         return
-    blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
     last = capture.layers[-1].module
     # The block with the last map is left alone: checkpointing it gains little (the forward stops inside it) and
     # its recomputation would have to run past the point where the original forward stopped.

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .capture import top_level_blocks
+
 
 class _Recorded(Exception):
     """Raised from the last needed block's pre-hook: the extension's forward has given every input T-SAM needs."""
@@ -42,13 +44,6 @@ def replaced_forward(unet: nn.Module) -> Any:
     if getattr(forward, "__self__", None) is unet and getattr(forward, "__func__", None) is type(unet).forward:
         return None
     return forward
-
-
-def top_level_blocks(unet: nn.Module) -> list[nn.Module] | None:
-    """An ldm/sgm UNet's blocks in execution order, or None for a UNet of another structure."""
-    if not all(hasattr(unet, a) for a in ("input_blocks", "middle_block", "output_blocks")):
-        return None
-    return [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
 
 
 def needed_blocks(unet: nn.Module, last: nn.Module) -> list[nn.Module]:

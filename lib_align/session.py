@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .capture import DEFAULT_LEVEL, CrossAttentionCapture, checkpointed_blocks, full_precision
+from .capture import DEFAULT_LEVEL, CrossAttentionCapture, checkpointed_blocks, full_precision, top_level_blocks
 from .config import MEMORY_AUTO, MEMORY_ON, AlignConfig
 from .loss import loss_threshold, prompt_loss
 from .optimizer import IterationCallback, LatentOptimizer, StepReport
-from .own_blocks import replaced_forward, through_own_blocks, top_level_blocks
+from .own_blocks import replaced_forward, through_own_blocks
 from .text import ChunkTarget
 
 # apply_model(z, t, cond_rows) runs the (differentiable) UNet on the conditional rows; its output is not used.

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..capture import top_level_blocks
 from ..text import ChunkTarget, chunk_targets
 from . import family_for
 from .base import ModelFamily
@@ -123,7 +124,7 @@ class ForgeSD1(ModelFamily):
         engine = getattr(model, cls.engine_name, None)
         unet = forge_unet(model)
         return (getattr(model, cls.flag, False) is True and unet is not None
-                and all(hasattr(unet, a) for a in ("input_blocks", "middle_block", "output_blocks"))
+                and top_level_blocks(unet) is not None
                 and hasattr(engine, "tokenize_line") and hasattr(getattr(engine, "text_encoder", None), "transformer"))
 
     @property
