@@ -6,6 +6,10 @@ inference mode: every UNet, text-encoder and VAE weight and buffer is an INFEREN
 decoder copied by state dict; the same noise schedule), so its images are comparable with the A1111 stand-in's.
 `forge_sdxl(sdxl)`: Forge's SDXL engine from `standalone.sdxl.tiny_sdxl`, whose open_clip bigG tower is converted to
 a transformers CLIPTextModel with text_projection (Forge loads bigG that way).
+`forge_sd2(sd2)`: Forge's SD2 engine from `standalone.sd2.tiny_sd2`: its OpenCLIP-H tower converted as Forge converts
+it (huggingface_guess model_list.SD20.process_clip_state_dict) into a CLIPTextModel of one block fewer (Forge's SD2
+text_encoder config has 23 of OpenCLIP-H's 24 layers: the last block is dropped on load), the v_prediction scheduler
+when the model is v (backend/loader.py takes it from the checkpoint's `.yaml`).
 `forge_flux(sd)`: the Flux stand-in (clip_l from `sd`, a tiny transformer and a 16-channel decoder, random).
 `mark_quantised(engine, "nf4")`: sets the UNet's `storage_dtype` as backend/loader.py does for quantised
 checkpoints (torch.float8_e4m3fn / torch.float8_e5m2 / "nf4" / "fp4" / "gguf"); the weights stay float32.
@@ -21,6 +25,7 @@ import torch
 from backend import memory_management
 from backend.diffusion_engine.flux import Flux, TinyFluxTransformer
 from backend.diffusion_engine.sd15 import StableDiffusion
+from backend.diffusion_engine.sd20 import StableDiffusion2
 from backend.diffusion_engine.sdxl import StableDiffusionXL
 from backend.nn.clip import IntegratedCLIP
 from backend.nn.unet import IntegratedUNet2DConditionModel
@@ -178,6 +183,38 @@ def forge_sdxl(sdxl: Any = None, name: str = "tiny-sdxl") -> StableDiffusionXL:
     }
     return _finish(StableDiffusionXL(EstimatedConfig("stabilityai/stable-diffusion-xl-base-1.0",
                                                      components["unet"].config), components), name)
+
+
+def drop_last_block(config: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict]:
+    """backend/loader.py builds SD2's text encoder from backend/huggingface/stabilityai/stable-diffusion-2-1/
+    text_encoder/config.json (num_hidden_layers 23; diffusers' SD2 text encoder ends at ldm's penultimate block) and
+    loads the checkpoint's 24 blocks into it: the last one is reported Unexpected and left out."""
+    last = config["num_hidden_layers"] - 1
+    dropped = f"transformer.text_model.encoder.layers.{last}."
+    return {**config, "num_hidden_layers": last}, {k: v for k, v in state.items() if not k.startswith(dropped)}
+
+
+@torch.inference_mode()
+def forge_sd2(sd2: Any = None, name: str = "tiny-sd2") -> StableDiffusion2:
+    """`sd2`: a standalone.sd2.StableDiffusion2 (default: tiny_sd2(seed=0, v=True), a 768-v model)."""
+    if sd2 is None:
+        from standalone.sd2 import tiny_sd2
+
+        sd2 = tiny_sd2(seed=0, v=True)
+    config_h, state_h = drop_last_block(*openclip_to_transformers(sd2.cond_stage_model.model))
+    state_h.pop("transformer.text_projection.weight")  # SD2's engine has no text_projection (as Forge: unloaded)
+    v = getattr(sd2, "parameterization", "eps") == "v"
+    scheduler = types.SimpleNamespace(config=types.SimpleNamespace(
+        **{**vars(SCHEDULER.config), "prediction_type": "v_prediction" if v else "epsilon"}))
+    components = {
+        "unet": _unet(sd2.config.unet, sd2.unet.state_dict()),
+        "text_encoder": _clip(config_h, state_h),
+        "tokenizer": bigg_tokenizer(),  # SD2's tokenizer pads with "!" (id 0) as SDXL's tokenizer_2 does
+        "vae": _vae(sd2.config.decoder, sd2.first_stage_model, sd2.scale_factor),
+        "scheduler": scheduler,
+    }
+    return _finish(StableDiffusion2(EstimatedConfig("stabilityai/stable-diffusion-2-1", components["unet"].config),
+                                    components), name)
 
 
 @torch.inference_mode()
