@@ -16,6 +16,9 @@ tells them apart by the spread of one trained weight: v when std(output_blocks.1
 no such key and loads every single-file SD2 checkpoint as eps; what Forge does read is a `<checkpoint>.yaml` beside it
 (loader.py: `parameterization: "v"`), as SD 2.x 768-v downloads come with one. With --prediction v the builder writes
 that file too: a copy of the source's configs/stable-diffusion/v2-inference-v.yaml.
+Forge then reports `StateDict Keys: {'unet': 686, 'vae': 248, 'text_encoder': 390, 'ignore': 0}` and
+`CLIPTextModel Unexpected: [...layers.23...]`: its SD2 text encoder (the config in backend/huggingface/stabilityai/
+stable-diffusion-2-1/text_encoder) has 23 layers and drops OpenCLIP-H's last block, as for a real SD 2.x file.
 
 Random init (deterministic for a given seed and torch version) with the tweaks of tools/random_ckpt.py: zero layers
 get N(0, 0.05), cross-attention q/k N(0, 1.5^2/in), the final LayerNorm bias N(0.1, 0.05) (Forge's SD2 engine applies
