@@ -158,3 +158,60 @@ def test_no_maps_is_a_clear_error(tiny_model):
     with CrossAttentionCapture(tiny_model.unet, (16, 16)) as cap:
         with pytest.raises(RuntimeError, match="no cross-attention was captured"):
             _ = cap.maps
+
+
+# -- what the maps keep for the backward ---------------------------------------------------------------------------
+
+
+def plain_head_mean_probs(q, k, heads, scale):
+    """The formula written out with torch's own ops, differentiated by autograd: the reference for the recomputing
+    autograd function (softmax(q k^T * scale) per head, averaged over heads)."""
+    b, n, inner = q.shape
+    qh = q.reshape(b, n, heads, -1).transpose(1, 2)
+    kh = k.reshape(b, k.shape[1], heads, -1).transpose(1, 2)
+    return (qh @ kh.transpose(-1, -2) * scale).softmax(-1).mean(1)
+
+
+def test_maps_gradient_passes_a_finite_difference_check():
+    from lib_align.capture import attention_probs
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    k = torch.randn(1, 5, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q_, k_: attention_probs(q_, k_, 2, 0.5, torch.float64), (q, k))
+
+
+@pytest.mark.parametrize("k_grad", [False, True])
+def test_maps_gradient_equals_autograd_of_the_formula(k_grad):
+    from lib_align.capture import attention_probs
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 16, 32, generator=g).half().requires_grad_(True)  # the host's fp16 projections
+    k = torch.randn(2, 77, 32, generator=g).half().requires_grad_(k_grad)
+    weights = torch.randn(2, 16, 77, generator=g)
+    ours = attention_probs(q, k, 4, 0.35)
+    theirs = plain_head_mean_probs(q.float(), k.float(), 4, 0.35)
+    torch.testing.assert_close(ours, theirs)
+    inputs = [q, k] if k_grad else [q]
+    mine = torch.autograd.grad((ours * weights).sum(), inputs)
+    reference = torch.autograd.grad((theirs * weights).sum(), inputs)
+    for a, b in zip(mine, reference, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_maps_keep_only_q_and_k_for_the_backward():
+    """Autograd of the formula keeps each layer's fp32 softmax [B, heads, n, tokens] and an fp32 copy of k; the maps
+    keep the projections themselves, which the attention kernel keeps anyway."""
+    from lib_align.capture import attention_probs
+
+    q = torch.randn(1, 64, 32).half().requires_grad_(True)
+    k = torch.randn(1, 77, 32).half()
+    kept = []
+
+    def pack(tensor):
+        kept.append(tensor.untyped_storage()._cdata)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        attention_probs(q, k, 4, 0.35)
+    assert kept and set(kept) <= {q.untyped_storage()._cdata, k.untyped_storage()._cdata}
