@@ -10,12 +10,14 @@ family for the benchmark's prompt: the loss's cost depends on the token count on
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lib_align.capture import checkpointed_blocks
 from lib_align.config import AlignConfig
 from lib_align.session import AlignSession, frozen_weights
 from standalone.pipeline import standalone_family
@@ -26,16 +28,18 @@ META = torch.device("meta")
 
 
 def iteration_and_plain_step(unet: nn.Module, apply_model: Callable[[Tensor, Tensor, Any], Any], cond: Any,
-                             targets: list, level: int, latent_hw: tuple[int, int]) -> tuple[float, float]:
-    """(FLOPs of one T-SAM iteration, FLOPs of one plain CFG step) for a UNet on the meta device."""
+                             targets: list, level: int, latent_hw: tuple[int, int]) -> tuple[float, float, float]:
+    """(FLOPs of one T-SAM iteration, of one with the memory mode's checkpointing, of one plain CFG step) for a UNet
+    on the meta device."""
     session = AlignSession(unet, apply_model, [targets], AlignConfig.paper(), 50, latent_hw, level=level)
     capture = session._capture_once()
     z0 = torch.randn((1, 4, *latent_hw), device=META)
     t = torch.full((1,), 999.0, device=META)
 
-    def iteration() -> None:
+    def iteration(low: bool = False) -> None:
         z = z0.detach().requires_grad_(True)
-        with capture, frozen_weights(unet), torch.enable_grad():
+        memory_mode = checkpointed_blocks(unet, capture) if low else contextlib.nullcontext()
+        with capture, memory_mode, frozen_weights(unet), torch.enable_grad():
             maps = capture.run(lambda: apply_model(z, t, cond))
             torch.autograd.grad(session.losses(maps).sum(), [z])
 
@@ -44,7 +48,7 @@ def iteration_and_plain_step(unet: nn.Module, apply_model: Callable[[Tensor, Ten
         with torch.no_grad():
             apply_model(torch.cat([z0, z0]), torch.cat([t, t]), doubled)
 
-    return count_flops(iteration), count_flops(plain_step)
+    return count_flops(iteration), count_flops(lambda: iteration(low=True)), count_flops(plain_step)
 
 
 def native_flops(prompt: str) -> dict[str, float]:
@@ -79,9 +83,11 @@ def native_flops(prompt: str) -> dict[str, float]:
     xl = iteration_and_plain_step(unetxl, sdxl.apply_model, cond,
                                   familyxl.targets(chunks, words, AlignConfig.paper().power), familyxl.layout_level,
                                   (128, 128))
-    for name, (iteration, plain) in (("sd1_512", sd1), ("sdxl_1024", xl)):
+    for name, (iteration, low, plain) in (("sd1_512", sd1), ("sdxl_1024", xl)):
         out[f"{name}_iteration_tflop"] = iteration / 1e12
+        out[f"{name}_iteration_tflop_low_memory"] = low / 1e12
         out[f"{name}_plain_step_tflop"] = plain / 1e12
-    out["iteration_flops_vs_plain_step_sd1_512"] = sd1[0] / sd1[1]
-    out["sdxl_iteration_flops_vs_plain_step"] = xl[0] / xl[1]
+    out["iteration_flops_vs_plain_step_sd1_512"] = sd1[0] / sd1[2]
+    out["sdxl_iteration_flops_vs_plain_step"] = xl[0] / xl[2]
+    out["sdxl_iteration_flops_vs_plain_step_low_memory"] = xl[1] / xl[2]
     return out

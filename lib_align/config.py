@@ -92,9 +92,9 @@ class AlignConfig:
     low_memory: str = _setting(
         MEMORY_AUTO, "Memory mode", "T-SAM memory",
         "on: the T-SAM pass recomputes the UNet's activations during its backward instead of keeping them (gradient "
-        "checkpointing): same result, less memory, each update up to half as long again. off: never. auto: the "
-        "normal pass until the GPU runs out of memory in it, then that update again and the rest of the generation "
-        "with checkpointing.",
+        "checkpointing): same result, less memory, about 40 % more compute per update. off: never. auto: on when "
+        "the normal pass would not fit in the GPU's free memory (estimated before the first update), and from an "
+        "update where the GPU still runs out of memory.",
         choices=MEMORY_MODES,
         # Before the modes, the setting was a checkbox ("T-SAM low memory: True/False" in old infotexts).
         aliases={"true": MEMORY_ON, "1": MEMORY_ON, "yes": MEMORY_ON, "false": MEMORY_OFF, "0": MEMORY_OFF,

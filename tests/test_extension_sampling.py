@@ -520,3 +520,48 @@ def test_and_prompts_are_refused(host):
     res, _ = host.txt2img(prompt, tsam=STRONG, **BASE)
     assert torch.equal(res.samples, without.samples)
     assert "T-SAM: prompts with AND" in res.comments
+
+
+def test_auto_memory_mode_checkpoints_from_the_start_when_the_pass_would_not_fit(host, jobs, monkeypatch):
+    """Auto decides before the first update from the table's estimate and the device's free memory: little free
+    memory gives the Low memory pass from step 1 (the same latents as "on"), plenty gives the normal pass."""
+    from lib_align import memory
+
+    low, _ = host.txt2img(tsam={**STRONG, "low_memory": "on"}, **BASE)
+    off, _ = host.txt2img(tsam={**STRONG, "low_memory": "off"}, **BASE)
+    seen = []
+
+    def free(device):
+        seen.append(device)
+        return free_memory
+
+    monkeypatch.setattr(memory, "free_bytes", free)
+    free_memory = 64 * 2**20  # the estimate for SD1's full-size table at a 16x16 latent is ~30 MB per image
+    res, _ = host.txt2img(tsam=STRONG, **BASE)
+    assert jobs[-1].checkpointing and seen
+    torch.testing.assert_close(res.samples, low.samples)
+    assert "T-SAM memory: auto → low" in res.infotexts[0]
+    assert res.comments.count("memory mode auto: T-SAM's pass needs about") == 1
+    free_memory = 64 * 2**30
+    res, _ = host.txt2img(tsam=STRONG, **BASE)
+    assert not jobs[-1].checkpointing
+    torch.testing.assert_close(res.samples, off.samples)
+    assert "T-SAM memory: auto → normal" in res.infotexts[0] and "memory mode auto" not in res.comments
+
+
+def test_auto_memory_mode_reads_the_hosts_attention_kernel(host, jobs, monkeypatch):
+    """The kernel named by A1111's sd_hijack.current_optimizer decides which estimate applies: with free memory
+    between the SDPA estimate and Doggettx's, Doggettx checkpoints and sdp does not."""
+    from modules import sd_hijack
+
+    from lib_align import memory
+
+    hw, batch, dtype = (16, 16), 1, torch.float32  # the tiny model runs in fp32 on the CPU
+    flash = memory.pass_bytes("SD1", hw, batch, memory.FLASH, low=False, dtype=dtype)
+    split = memory.pass_bytes("SD1", hw, batch, memory.SPLIT, low=False, dtype=dtype)
+    assert flash * memory.HEADROOM < split
+    monkeypatch.setattr(memory, "free_bytes", lambda device: int(flash * memory.HEADROOM) + 1)
+    for name, low in (("Doggettx", True), ("sdp", False), ("xformers", False), ("sub-quadratic", True)):
+        monkeypatch.setattr(sd_hijack, "current_optimizer", type("Optimizer", (), {"name": name})())
+        host.txt2img(tsam=STRONG, **BASE)
+        assert jobs[-1].checkpointing is low, name

@@ -41,6 +41,11 @@ class A1111(Host):
             raise RuntimeError("sampling runs under torch.inference_mode: no gradients")
         return contextlib.nullcontext()  # the optimizer enables grad for its own pass
 
+    def attention_name(self) -> str | None:
+        from modules import sd_hijack  # its `current_optimizer` is set by apply_optimizations (None: none applied)
+
+        return getattr(getattr(sd_hijack, "current_optimizer", None), "name", None)
+
     def step_latent(self, family: ModelFamily, denoiser: Any, params: Any, sampler_x: Tensor,
                     batch: int) -> StepLatent:
         rows = params.x.shape[0]

@@ -56,6 +56,11 @@ class Forge(Host):
             return f"models with '{kind}' prediction are not supported (eps and v only)"
         return None
 
+    def attention_name(self) -> str | None:
+        from backend import attention  # picks attention_xformers / _pytorch / _split / _sub_quad at import
+
+        return getattr(attention.attention_function, "__name__", None)
+
     def pass_cond(self, family: ForgeSD1, cond: Any, latent: StepLatent) -> Any:
         """Forge applies ControlNet inside its own UNet call: backend/sampling/sampling_function.py sets the
         links' `transformer_options` and passes `control.get_control(input_x, sigma, c, len(cond_or_uncond))` to

@@ -7,7 +7,8 @@ callbacks, processing, infotext, X/Y/Z). What differs between them sits behind `
 - making the text encoder runnable before T is computed (`text_ready`; Forge moves models itself),
 - the context our differentiable UNet pass runs in (`gradient`; Forge samples under torch.inference_mode),
 - where the latent of one denoiser call is and how an update is written back so the sampler sees it
-  (`step_latent`).
+  (`step_latent`),
+- which attention kernel the UNet runs (`attention_name`: the memory mode "auto" estimates the pass's need by it).
 A third host (e.g. reForge) is one more module with a `Host` subclass, and one more branch in `pick_host`.
 """
 
@@ -61,6 +62,10 @@ class Host:
                     batch: int) -> StepLatent:
         """This call's latent. `sampler_x`: the first argument of the CFG denoiser's forward (the sampler's x)."""
         raise NotImplementedError
+
+    def attention_name(self) -> str | None:
+        """The name of the attention the host's UNet runs (`lib_align.memory.attention_kind` reads it)."""
+        return None
 
     def pass_cond(self, family: ModelFamily, cond: Any, latent: StepLatent) -> Any:
         """The conditioning of T-SAM's pass for this call, with what the host adds inside its own UNet call that

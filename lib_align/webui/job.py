@@ -20,6 +20,7 @@ import torch
 from modules import prompt_parser, sd_samplers_common, shared
 from torch import Tensor
 
+from .. import memory
 from ..capture import NotAlignable
 from ..config import MEMORY_AUTO, RAN, AlignConfig
 from ..families import ModelFamily
@@ -81,7 +82,8 @@ class Job:
         self.said: set[str] = set()
         self.reports: list[StepReport] = []
         self.batch_start = 0  # index in `reports` where the current batch's reports begin
-        self.checkpointing = False  # memory mode auto: an out-of-memory switched the pass to checkpointing
+        self.checkpointing = False  # memory mode auto: checkpointing chosen before the first update, or after an OOM
+        self.memory_planned = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -127,6 +129,21 @@ class Job:
         """The infotext value of the memory mode: the setting, and with "auto" what ran ("auto → low")."""
         mode = self.config.low_memory
         return f"{mode}{RAN}{'low' if self.checkpointing else 'normal'}" if mode == MEMORY_AUTO else mode
+
+    def _plan_memory(self, x: Tensor) -> None:
+        """Memory mode auto, once per generation before its first update: checkpointing from the start when the
+        normal pass would not fit in the device's free memory (`lib_align.memory`); else the normal pass, with the
+        out-of-memory fallback behind it."""
+        if self.memory_planned or self.config.low_memory != MEMORY_AUTO:
+            return
+        self.memory_planned = True
+        dtype = next(self.family.unet.parameters()).dtype
+        kind = memory.attention_kind(common.HOST.attention_name())
+        choice = memory.plan(self.family.name, tuple(x.shape[-2:]), x.shape[0], kind, dtype,
+                             memory.free_bytes(x.device), memory.streamed_weight_bytes(self.family.unet, x.device))
+        if choice is not None and choice.low:
+            self.checkpointing = True
+            self.say(choice.message())
 
     def without_gradient(self) -> list[int]:
         """This batch's optimised steps (0-based) at which no gradient reached the maps."""
@@ -202,6 +219,7 @@ class Job:
         # "Show attention" draws S after the optimisation: one more (no-grad, truncated) pass at the last step.
         measure = self.measure_after or (self.show and step == session.optimizer.last_step - 1)
         progress = self._progress(step, session)
+        self._plan_memory(latent.x)
         session.checkpointing = session.checkpointing or self.checkpointing  # another prompt's pass ran out before
         fallbacks = session.memory_fallbacks
         try:

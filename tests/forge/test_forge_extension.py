@@ -572,3 +572,26 @@ def test_controlnet_outside_its_range_adds_nothing_and_leaves_no_step_without_gr
     reports = jobs[-1].reports
     assert len(reports) == 6 and not any(r.no_gradient for r in reports)
     assert "T-SAM preset: Paper" in res.infotexts[0] and "no gradient" not in res.infotexts[0]
+
+
+# -- memory mode auto ----------------------------------------------------------------------------------------------
+
+
+def test_auto_memory_mode_on_forge_reads_forges_attention_and_free_memory(forge, jobs, monkeypatch):
+    """Forge's attention is backend/attention.py's `attention_function` (PyTorch SDPA in the stand-in, as on a
+    CUDA machine without --xformers); with too little free memory auto checkpoints from the first update and gives
+    the Low memory image."""
+    from backend import attention
+
+    from lib_align import memory
+    from lib_align.webui import common
+
+    assert common.HOST.attention_name() == attention.attention_function.__name__ == "attention_pytorch"
+    low, _ = forge.txt2img(tsam={**STRONG, "low_memory": "on"}, **SMALL)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2**20)
+    res, _ = forge.txt2img(tsam=STRONG, **SMALL)
+    assert jobs[-1].checkpointing and "T-SAM memory: auto → low" in res.infotexts[0]
+    torch.testing.assert_close(res.samples, low.samples)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2**40)
+    res, _ = forge.txt2img(tsam=STRONG, **SMALL)
+    assert not jobs[-1].checkpointing and "T-SAM memory: auto → normal" in res.infotexts[0]
