@@ -147,10 +147,6 @@ def attention_scale(attn: nn.Module, inner: int) -> float:
     return float(getattr(attn, "dim_head", inner // attn.heads)) ** -0.5
 
 
-def _same(tensor: Tensor) -> Tensor:
-    return tensor
-
-
 class CrossAttentionCapture:
     """Inside `with`, records head- and layer-averaged cross-attention probabilities at one level.
 
@@ -184,8 +180,10 @@ class CrossAttentionCapture:
         self._k: dict[nn.Module, Tensor] = {}
         self._sum: Tensor | None = None
         self._count = 0
-        self._replaying = 0  # > 0 while a checkpointed block recomputes its forward inside the backward
-        self._own_saved = False  # set by `checkpointed_blocks`: our map computation keeps its own saved tensors
+        self._paused = 0  # > 0 inside `paused()`: a forward whose maps are not ours to record
+        # The context each map is computed in. The memory mode (`BlockCheckpointing`) sets it so that what the maps
+        # keep for the backward stays out of its checkpoints (see there).
+        self.map_saving: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     # -- hooks ------------------------------------------------------------------------------------------------
     def __enter__(self) -> CrossAttentionCapture:
@@ -212,7 +210,7 @@ class CrossAttentionCapture:
 
     def _keep(self, store: dict, attn: nn.Module) -> Callable:
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
-            if self._replaying:
+            if self._paused:
                 return
             if attn in store:  # a second query or key set before this attention finished: its forward splits it
                 raise NotAlignable(SPLIT_ATTENTION)
@@ -221,7 +219,7 @@ class CrossAttentionCapture:
         return hook
 
     def _on_attention(self, attn: nn.Module, _inputs: Any, _output: Any) -> None:
-        if self._replaying:  # a checkpoint recomputation: these maps were taken in the original forward
+        if self._paused:
             return
         q, k = self._q.pop(attn, None), self._k.pop(attn, None)
         if q is None or k is None:
@@ -231,27 +229,22 @@ class CrossAttentionCapture:
         h, w = self.size
         if q.shape[1] != h * w:  # a layer of another level (only possible for unknown structures)
             return
-        # Inside a checkpointed block the recomputation skips this hook, so what the map computation saves for
-        # its backward must not be handed to the checkpoint (it would expect it again, in order): keep it here.
-        saving = torch.autograd.graph.saved_tensors_hooks(_same, _same) if self._own_saved else contextlib.nullcontext()
-        with saving:
+        with self.map_saving():
             probs = attention_probs(q, k, attn.heads, attention_scale(attn, q.shape[-1]), self.precision)
             self._sum = probs if self._sum is None else self._sum + probs
         self._count += 1
         if attn is self.stop_after:
             raise StopForward
 
-    def paused(self) -> contextlib.AbstractContextManager:
-        """A context in which the capture records nothing (a forward whose maps are not T-SAM's to read)."""
-        return self._replay()
-
     @contextlib.contextmanager
-    def _replay(self) -> Iterator[None]:
-        self._replaying += 1
+    def paused(self) -> Iterator[None]:
+        """A context in which the capture records nothing: a forward whose maps are not T-SAM's to read (another
+        extension's, `own_blocks`) or were read already (a checkpoint's recomputation, `BlockCheckpointing`)."""
+        self._paused += 1
         try:
             yield
         finally:
-            self._replaying -= 1
+            self._paused -= 1
 
     # -- results ----------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -281,54 +274,84 @@ class CrossAttentionCapture:
         return (self._sum / self._count).reshape(b, self.size[0], self.size[1], m)
 
 
-@contextlib.contextmanager
-def checkpointed_blocks(unet: nn.Module, capture: CrossAttentionCapture) -> Iterator[int]:
-    """The memory mode: gradient checkpointing of the optimisation pass, for small GPUs.
+class BlockCheckpointing:
+    """The memory mode: gradient checkpointing of the optimisation pass, for small GPUs. One object owns it: which
+    blocks are wrapped, their restoration, and what the capture must do differently meanwhile.
 
-    Inside the block, every top-level block of an ldm/sgm UNet except the one holding the capture's last layer
-    keeps only its inputs during a differentiable forward and recomputes its activations in the backward
+    Inside `with`, every top-level block of an ldm/sgm UNet except the one holding the capture's last layer keeps
+    only its inputs during a differentiable forward and recomputes its activations in the backward
     (`torch.utils.checkpoint`, non-reentrant), one block at a time. The pass's activation memory drops to about
-    one block's worth for about one more truncated forward of compute; the gradient is the same within float
-    tolerance. Forwards without grad run as they are. Yields how many blocks were wrapped (0 for a UNet of unknown
-    structure, which then runs unchanged). The blocks' own `forward` is restored on every exit path.
+    one block's worth for about 40 % more compute; the gradient is the same within float tolerance. Forwards without
+    grad run as they are. `with` gives how many blocks were wrapped (0 for a UNet of unknown structure, which then
+    runs unchanged). The blocks' own `forward` is restored on every exit path.
+
+    The capture meanwhile: a recomputation runs paused (its maps were taken in the original forward), and so the
+    map computation does not run again there — what it saves for its backward must therefore not be handed to the
+    checkpoint, which would expect it again, in order: `map_saving` keeps it outside.
     """
-    blocks = top_level_blocks(unet)
-    if blocks is None:
-        yield 0
-        return
-    last = capture.layers[-1].module
-    # The block with the last map is left alone: checkpointing it gains little (the forward stops inside it) and
-    # its recomputation would have to run past the point where the original forward stopped.
-    wrapped = [b for b in blocks if not any(m is last for m in b.modules())]
-    saved = [(b, b.__dict__.get("forward")) for b in wrapped]
-    try:
-        for block in wrapped:
-            block.forward = _checkpointed(block.forward, capture)
-        capture._own_saved = True
-        yield len(wrapped)
-    finally:
-        capture._own_saved = False
-        for block, own in saved:
+
+    def __init__(self, unet: nn.Module, capture: CrossAttentionCapture) -> None:
+        self.unet = unet
+        self.capture = capture
+        self._saved: list[tuple[nn.Module, Any]] = []
+
+    def __enter__(self) -> int:
+        blocks = top_level_blocks(self.unet)
+        if blocks is None:
+            return 0
+        last = self.capture.layers[-1].module
+        # The block with the last map is left alone: checkpointing it gains little (the forward stops inside it) and
+        # its recomputation would have to run past the point where the original forward stopped.
+        wrapped = [b for b in blocks if not any(m is last for m in b.modules())]
+        self._saved = [(b, b.__dict__.get("forward")) for b in wrapped]
+        try:
+            for block in wrapped:
+                block.forward = self._checkpointed(block.forward)
+            self.capture.map_saving = _kept_outside_checkpoints
+        except BaseException:
+            self.__exit__()
+            raise
+        return len(wrapped)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.capture.map_saving = contextlib.nullcontext
+        for block, own in self._saved:
             if own is None:
                 block.__dict__.pop("forward", None)
             else:
                 block.forward = own
+        self._saved = []
+
+    def _checkpointed(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        capture = self.capture
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return forward(*args, **kwargs)
+            calls = 0
+
+            def once_then_paused(*a: Any, **kw: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    return forward(*a, **kw)
+                with capture.paused():  # the backward's recomputation
+                    return forward(*a, **kw)
+
+            return checkpoint(once_then_paused, *args, use_reentrant=False, **kwargs)
+
+        return run
 
 
-def _checkpointed(forward: Callable[..., Any], capture: CrossAttentionCapture) -> Callable[..., Any]:
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled():
-            return forward(*args, **kwargs)
-        calls = 0
+def checkpointed_blocks(unet: nn.Module, capture: CrossAttentionCapture) -> BlockCheckpointing:
+    """The memory mode for `unet` and its capture (see `BlockCheckpointing`)."""
+    return BlockCheckpointing(unet, capture)
 
-        def once_then_replay(*a: Any, **kw: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                return forward(*a, **kw)
-            with capture._replay():  # the backward's recomputation: the capture must not record it again
-                return forward(*a, **kw)
 
-        return checkpoint(once_then_replay, *args, use_reentrant=False, **kwargs)
+def _same(tensor: Tensor) -> Tensor:
+    return tensor
 
-    return run
+
+def _kept_outside_checkpoints() -> contextlib.AbstractContextManager:
+    """Saved tensors kept as they are, whatever checkpoint's own saved-tensor hooks around them would do."""
+    return torch.autograd.graph.saved_tensors_hooks(_same, _same)
