@@ -364,7 +364,7 @@ def test_exception_in_our_code_turns_t_sam_off_for_the_rest_of_the_job(host, job
     assert_normal(res, 1, 128, 128)
     assert len(calls) == 2 and len(jobs[0].reports) == 1  # off after the failure, sampling went on
     assert res.comments.count("RuntimeError: boom") == 1
-    assert [r.getMessage() for r in tsam_log.records] == ["T-SAM: RuntimeError: boom. T-SAM is off for the rest of "
+    assert [r.getMessage() for r in tsam_log.records] == ["T-SAM: RuntimeError: boom; T-SAM is off for the rest of "
                                                           "this generation."]  # logged once, with the reason
     assert script_callbacks.reported == []  # we caught it; the host never saw it
 

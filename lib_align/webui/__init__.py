@@ -19,7 +19,7 @@ from modules.processing import StableDiffusionProcessingTxt2Img
 from ..script_args import parse_script_args
 from . import infotext, output, xyz
 from .analyze import analyze_prompt
-from .common import JOB_ATTR, tell
+from .common import JOB_ATTR, WITHOUT, line, tell
 from .infotext import paste_fields
 from .job import NO_GRADIENT, Job, current_family, hooked_jobs, own_job, unhook_stale
 from .refusals import refusal
@@ -43,14 +43,14 @@ def process(p: Any, args: Sequence[Any]) -> None:
     try:
         request = parse_script_args(args, xyz.overrides(p))
     except ValueError as error:
-        tell(p, f"{error}; generating without T-SAM.")
+        tell(p, line(str(error), WITHOUT))
         infotext.record_skipped(p, str(error))
         return
     if not request.enabled:
         return
     reason = refusal(p)
     if reason is not None:
-        tell(p, f"{reason}; generating without T-SAM.")
+        tell(p, line(reason, WITHOUT))
         infotext.record_skipped(p, reason)
         return
     show = request.show_attention

@@ -17,6 +17,19 @@ if isinstance(HOST, UnsupportedHost):  # said once at startup; each generation w
 JOB_ATTR = "tsam_job"  # the Job lives on its p; X/Y/Z cells are shallow copies of p and must not share it
 
 
+# What T-SAM does once something went wrong: said after the reason in the user's line (`line`), never written into
+# the infotext, which records the reason alone (infotext.py). Reasons and consequences travel apart as data.
+WITHOUT = "generating without T-SAM"
+REST_WITHOUT = "generating the rest without T-SAM"
+STOPS_HERE = "T-SAM stops here"
+OFF_FOR_THE_REST = "T-SAM is off for the rest of this generation"
+
+
+def line(reason: str, consequence: str) -> str:
+    """The user's line for a reason and what T-SAM does about it."""
+    return f"{reason}; {consequence}."
+
+
 def tell(p: Any, message: str) -> None:
     """One line in the console and, where the host supports it, under the image in the web UI."""
     message = message.removeprefix("T-SAM: ")  # AlignConfig's own messages already carry the prefix

@@ -55,12 +55,9 @@ def record_ran(p: Any, config: AlignConfig, stopped: str | None = None, last_ste
 
 
 def short(reason: str) -> str:
-    """A user message as an infotext value: no prefix, no trailing consequence."""
-    text = reason.removeprefix("T-SAM: ").strip().rstrip(".")
-    for tail in ("; generating without T-SAM", ". T-SAM is off for the rest of this generation",
-                 "; T-SAM stops here", "; generating the rest without T-SAM"):
-        text = text.removesuffix(tail)
-    return text
+    """A reason as an infotext value: without the "T-SAM: " some messages of AlignConfig carry, without a final
+    period. Reasons never carry a consequence (common.line adds that for the user's line only)."""
+    return reason.removeprefix("T-SAM: ").strip().rstrip(".")
 
 
 def pasted_enabled(params: Mapping[str, Any]) -> bool:

@@ -29,7 +29,7 @@ from ..pictures import ImageAttention
 from ..session import AlignSession
 from ..text import ChunkTarget
 from . import common
-from .common import JOB_ATTR, logger, tell
+from .common import JOB_ATTR, OFF_FOR_THE_REST, REST_WITHOUT, STOPS_HERE, WITHOUT, line, logger, tell
 
 # Why an optimised step changed nothing although there were words to align (optimizer.StepReport.no_gradient).
 NO_GRADIENT = ("the latent's gradient did not reach T-SAM's attention maps (another extension runs the UNet "
@@ -91,18 +91,19 @@ class Job:
             self.said.add(message)
             tell(self.p, message)
 
-    def stop(self, reason: str) -> None:
-        """T-SAM is off for the rest of this job; what was already applied stays (it was finite)."""
+    def stop(self, reason: str, consequence: str = STOPS_HERE) -> None:
+        """T-SAM is off for the rest of this job; what was already applied stays (it was finite). `reason` is what
+        the infotext records; the user's line adds the consequence."""
         self.stopped = reason
-        self.say(reason)
+        self.say(line(reason, consequence))
         self.unhook()
 
     def fail(self, error: BaseException) -> None:
         logger.debug("T-SAM failure", exc_info=error)
         if isinstance(error, NotAlignable):  # a neighbour's doing, said in its own words (no exception name)
-            self.stop(f"{error}; generating the rest without T-SAM.")
+            self.stop(str(error), REST_WITHOUT)
             return
-        self.stop(f"{type(error).__name__}: {error}. T-SAM is off for the rest of this generation.")
+        self.stop(f"{type(error).__name__}: {error}", OFF_FOR_THE_REST)
 
     def unhook(self) -> None:
         if self.handle is not None:
@@ -161,7 +162,7 @@ class Job:
         self.batch_start = len(self.reports)
         self.skipped = None
         if model is not self.model:
-            self.stop("the model changed after the job started; generating without T-SAM.")
+            self.stop("the model changed after the job started", WITHOUT)
             return
         steps = int(getattr(p, "firstpass_steps", None) or p.steps)  # schedules count denoiser calls, as the host's
         use_old = bool(getattr(shared.opts, "use_old_scheduling", False))
@@ -173,8 +174,8 @@ class Job:
         for text in missing:
             self.targets[text] = self.family.prompt_targets(text, self.config.power, clip_skip(self.family))
         if not any(chunk.length >= 2 for chunks in self.targets.values() for chunk in chunks):
-            self.skipped = "the prompt has fewer than two tokens: nothing to align; generating without T-SAM."
-            self.say(self.skipped)
+            self.skipped = "the prompt has fewer than two tokens: nothing to align"
+            self.say(line(self.skipped, WITHOUT))
             return
         self.sessions.clear()
         self.done.clear()
@@ -204,14 +205,14 @@ class Job:
             return
         sampler_x, batch = self.sampler_x, len(self.schedules)
         if sampler_x is None or self.x_call != call or sampler_x.shape[0] != batch:
-            self.stop("could not reach the sampler's latent; generating the rest without T-SAM.")
+            self.stop("could not reach the sampler's latent", REST_WITHOUT)
             return
         if shared.sd_model is not self.model:
-            self.stop("the model changed during sampling (refiner?); T-SAM stops here.")
+            self.stop("the model changed during sampling (refiner?)")
             return
         cond = self.family.cond_rows(params.text_cond, params.image_cond, batch)
         if cond is None or params.x.shape[0] % batch:
-            self.stop("unexpected conditioning rows (multi-cond or another extension); T-SAM stops here.")
+            self.stop("unexpected conditioning rows (multi-cond or another extension)")
             return
         latent = common.HOST.step_latent(self.family, denoiser, params, sampler_x, batch)
         cond = common.HOST.pass_cond(self.family, cond, latent)
@@ -248,7 +249,7 @@ class Job:
             if len(report.skipped_rows) == batch:
                 return  # nothing was updated: leave the sampler's x exactly as it is
         if not bool(torch.isfinite(x_new).all()):
-            self.stop("the update was not finite; T-SAM stops here.")
+            self.stop("the update was not finite")
             return
         latent.write(x_new)
 
