@@ -25,21 +25,25 @@ from backend.text_processing.classic_engine import ClassicTextProcessingEngine
 
 
 class StableDiffusion(ForgeDiffusionEngine):
+    # Forge's sd20.py is this file with clip_h, 1024 and is_sd2 (sd20.py here overrides just these three).
+    text_key, text_width, flag = "clip_l", 768, "is_sd1"
+
     def __init__(self, estimated_config: Any, huggingface_components: dict[str, Any]) -> None:
         super().__init__(estimated_config, huggingface_components)
-        clip = CLIP(model_dict={"clip_l": huggingface_components["text_encoder"]},
-                    tokenizer_dict={"clip_l": huggingface_components["tokenizer"]})
+        key = self.text_key
+        clip = CLIP(model_dict={key: huggingface_components["text_encoder"]},
+                    tokenizer_dict={key: huggingface_components["tokenizer"]})
         vae = VAE(model=huggingface_components["vae"])
         unet = UnetPatcher.from_model(model=huggingface_components["unet"],
                                       diffusers_scheduler=huggingface_components["scheduler"], config=estimated_config)
         self.text_processing_engine = ClassicTextProcessingEngine(
-            text_encoder=clip.cond_stage_model.clip_l, tokenizer=clip.tokenizer.clip_l, embedding_key="clip_l",
-            embedding_expected_shape=768, text_projection=False, minimal_clip_skip=1, clip_skip=1,
-            return_pooled=False, final_layer_norm=True)
+            text_encoder=getattr(clip.cond_stage_model, key), tokenizer=getattr(clip.tokenizer, key),
+            embedding_key=key, embedding_expected_shape=self.text_width, text_projection=False, minimal_clip_skip=1,
+            clip_skip=1, return_pooled=False, final_layer_norm=True)
         self.forge_objects = ForgeObjects(unet=unet, clip=clip, vae=vae, clipvision=None)
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
-        self.is_sd1 = True
+        setattr(self, self.flag, True)
 
     def set_clip_skip(self, clip_skip: int) -> None:
         self.text_processing_engine.clip_skip = clip_skip
