@@ -1,0 +1,137 @@
+"""On a CUDA machine: T-SAM's pass measured by `torch.cuda.max_memory_allocated` beside bench/memory.py's count.
+
+    python tools/check_memory_gpu.py --family sdxl --side 128      # SDXL at 1024² (latent 128x128)
+    python tools/check_memory_gpu.py --family sd1 --side 64        # SD1 at 512²
+
+A full-size UNet with random weights in fp16 on the GPU, run as A1111 runs it with `--opt-sdp-attention` (CUDA
+autocast, ldm's CrossAttention through PyTorch's scaled_dot_product_attention, as modules/sd_hijack_optimizations.py
+`scaled_dot_product_attention_forward`): the plain CFG step, T-SAM's pass and the memory mode's pass, each as the
+peak allocated over what was allocated before it; then the meta-device count of the same call (bench/memory.py,
+kernel "flash") and their ratio. The count leaves out the CUDA caching allocator's block rounding, which the
+measurement includes. Needs a CUDA device (about 8 GB for SDXL at 1024²); prints one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=("sd1", "sdxl"), default="sdxl")
+    ap.add_argument("--side", type=int, default=None, help="latent side (default: the family's native size)")
+    return ap.parse_args(argv)
+
+
+@contextlib.contextmanager
+def sdp_attention() -> Iterator[None]:
+    """ldm's CrossAttention.forward as A1111's `scaled_dot_product_attention_forward` (no mask, no hypernetworks)."""
+    import torch
+    from ldm.modules.attention import CrossAttention
+
+    def forward(self: Any, x: Any, context: Any = None, mask: Any = None, **_: Any) -> Any:
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        b, _, inner = q.shape
+        head_dim = inner // self.heads
+        q, k, v = (t.view(b, -1, self.heads, head_dim).transpose(1, 2) for t in (q, k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, -1, inner).to(q.dtype))
+
+    own = CrossAttention.forward
+    CrossAttention.forward = forward
+    try:
+        yield
+    finally:
+        CrossAttention.forward = own
+
+
+def measured(fn: Callable[[], Any]) -> int:
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("needs a CUDA device: this check compares with torch.cuda.max_memory_allocated", file=sys.stderr)
+        return 2
+    from bench.memory import GIB, NATIVE_SIDE, family_bytes, full_size_family
+    from lib_align.capture import checkpointed_blocks
+    from lib_align.config import AlignConfig
+    from lib_align.session import AlignSession, frozen_weights
+
+    name = args.family.upper()
+    side = args.side or NATIVE_SIDE[name]
+    device = torch.device("cuda")
+    counted = family_bytes(name, side, "flash")  # first: the UNet below is the cached meta one, moved to the GPU
+    meta_unet, _apply, meta_cond, targets, level = full_size_family(name)
+    unet = meta_unet.to_empty(device=device).half()  # random values: memory does not depend on them
+    for p in unet.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    unet.dtype = torch.float16
+    if name == "SDXL":
+        def apply_model(z: Any, t: Any, c: Any) -> Any:
+            return unet(z, t, context=c["crossattn"], y=c["vector"])
+    else:
+        def apply_model(z: Any, t: Any, c: Any) -> Any:
+            return unet(z, t, context=c)
+    cond = ({k: torch.randn(v.shape, device=device, dtype=torch.float16) for k, v in meta_cond.items()}
+            if isinstance(meta_cond, dict) else torch.randn(meta_cond.shape, device=device, dtype=torch.float16))
+    session = AlignSession(unet, apply_model, [targets], AlignConfig.paper(), 50, (side, side), level=level)
+    capture = session._capture_once()
+    z0 = torch.randn((1, 4, side, side), device=device)
+    t = torch.full((1,), 999.0, device=device)
+
+    def one_pass(low: bool) -> Callable[[], None]:
+        def run() -> None:
+            z = z0.detach().requires_grad_(True)
+            mode = checkpointed_blocks(unet, capture) if low else contextlib.nullcontext()
+            with capture, mode, frozen_weights(unet), torch.enable_grad(), torch.autocast("cuda", torch.float16):
+                maps = capture.run(lambda: apply_model(z, t, cond))
+                torch.autograd.grad(session.losses(maps).sum(), [z])
+            capture.reset()
+        return run
+
+    def doubled(c: Any) -> Any:
+        return {k: torch.cat([v, v]) for k, v in c.items()} if isinstance(c, dict) else torch.cat([c, c])
+
+    x2, t2, c2 = torch.cat([z0, z0]), torch.cat([t, t]), doubled(cond)
+
+    def plain_step() -> None:
+        with torch.no_grad(), torch.autocast("cuda", torch.float16):
+            apply_model(x2, t2, c2)
+
+    with sdp_attention():
+        for fn in (plain_step, one_pass(False), one_pass(True)):  # warm-up: cuDNN/SDPA workspaces
+            fn()
+        gpu = {"plain_step": measured(plain_step), "pass": measured(one_pass(False)),
+               "pass_low": measured(one_pass(True))}
+    out = {"family": name, "latent_side": side, "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    for key in gpu:
+        out[f"{key}_gib_measured"] = round(gpu[key] / GIB, 3)
+        out[f"{key}_gib_counted"] = round(counted[key] / GIB, 3)
+        out[f"{key}_measured_vs_counted"] = round(gpu[key] / counted[key], 3) if counted[key] else None
+        print(f"{key:<11} measured {gpu[key] / GIB:7.3f} GiB, counted {counted[key] / GIB:7.3f} GiB")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
