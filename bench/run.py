@@ -90,9 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "half an hour on 2 CPU cores (its SD1 part took ~11 min here; the SDXL row at 512x512 alone "
                            "~21 min)")
     mode.add_argument("--smoke", action="store_const", dest="mode", const="smoke",
-                      help="the tiny test models: exercises every code path (numbers mean nothing); under 8 minutes "
-                           "on CI's 2 cores (the whole CI run, which runs it once, took 490 s), of which ~45 s count "
-                           "FLOPs and memory at native sizes on the meta device; far longer on a loaded machine")
+                      help="the tiny test models: exercises every code path (numbers mean nothing); minutes, not "
+                           "seconds: the whole CI run on 2 cores, which runs it once, took 490 s before the memory "
+                           "count at native sizes (~35 s more) was added; far longer on a loaded machine")
     ap.set_defaults(mode="full")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     ap.add_argument("--dtype", default=None, choices=("fp32", "fp16"), help="default fp32 on CPU, fp16 on CUDA")
