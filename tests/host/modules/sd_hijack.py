@@ -1,4 +1,4 @@
-"""Stand-in for A1111 1.10 modules/sd_hijack.py: only `current_optimizer`, the cross-attention optimization that
+"""Mirrors modules/sd_hijack.py (A1111 1.10): only `current_optimizer`, the cross-attention optimization that
 `apply_optimizations` applied (a modules/sd_hijack_optimizations.py SdOptimization with a `name`), or None."""
 
 from types import SimpleNamespace
