@@ -23,7 +23,7 @@ def allocator_peak(fn) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+                    key=lambda e: e.start_ns() if hasattr(e, "start_ns") else e.start_us())  # torch 2.1: start_us
     current = peak = 0
     for event in events:
         current += event.nbytes()

@@ -269,6 +269,9 @@ def test_an_interrupt_after_some_steps_is_noted_with_the_settings(host):
 # -- memory mode ---------------------------------------------------------------------------------------------------
 
 
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
 def out_of_memory_once(model, monkeypatch):
     """The first differentiable UNet call raises what torch raises when the GPU is full; later calls run."""
     original = type(model).apply_model
@@ -277,7 +280,8 @@ def out_of_memory_once(model, monkeypatch):
     def apply(self, *args, **kwargs):
         if torch.is_grad_enabled() and not raised:
             raised.append(1)
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+            # torch.OutOfMemoryError is torch >= 2.5; A1111's torch 2.1.2 has only torch.cuda's
+            raise OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(type(model), "apply_model", apply)
