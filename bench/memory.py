@@ -149,12 +149,22 @@ def _split_forward(self: nn.Module, x: Tensor, context: Tensor | None = None, ma
     return self.to_out(r1.reshape(b, h, -1, r1.shape[-1]).transpose(1, 2).reshape(b, -1, h * r1.shape[-1]))
 
 
+def _sdpa_forward(self: nn.Module, x: Tensor, context: Tensor | None = None, mask: Any = None, **_: Any) -> Tensor:
+    """A1111's `scaled_dot_product_attention_forward` computed for real (tools/check_memory_gpu.py, on CUDA)."""
+    context = x if context is None else context
+    q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+    out = F.scaled_dot_product_attention(_heads(q, self.heads), _heads(k, self.heads), _heads(v, self.heads))
+    b, _, n, d = out.shape
+    return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * d).to(q.dtype))
+
+
 @contextlib.contextmanager
 def host_attention(kernel: str) -> Iterator[None]:
-    """ldm's CrossAttention runs as the host's `kernel` would (the host replaces its forward the same way)."""
+    """ldm's CrossAttention runs as the host's `kernel` would (the host replaces its forward the same way): "flash"
+    and "split" as shapes for the count, "sdpa" computed for real."""
     from ldm.modules.attention import CrossAttention
 
-    forward = {"flash": _flash_forward, "split": _split_forward}[kernel]
+    forward = {"flash": _flash_forward, "split": _split_forward, "sdpa": _sdpa_forward}[kernel]
     own = CrossAttention.forward
     CrossAttention.forward = forward
     try:

@@ -17,7 +17,7 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +29,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--family", choices=("sd1", "sdxl"), default="sdxl")
     ap.add_argument("--side", type=int, default=None, help="latent side (default: the family's native size)")
     return ap.parse_args(argv)
-
-
-@contextlib.contextmanager
-def sdp_attention() -> Iterator[None]:
-    """ldm's CrossAttention.forward as A1111's `scaled_dot_product_attention_forward` (no mask, no hypernetworks)."""
-    import torch
-    from ldm.modules.attention import CrossAttention
-
-    def forward(self: Any, x: Any, context: Any = None, mask: Any = None, **_: Any) -> Any:
-        context = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        b, _, inner = q.shape
-        head_dim = inner // self.heads
-        q, k, v = (t.view(b, -1, self.heads, head_dim).transpose(1, 2) for t in (q, k, v))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.to_out(out.transpose(1, 2).reshape(b, -1, inner).to(q.dtype))
-
-    own = CrossAttention.forward
-    CrossAttention.forward = forward
-    try:
-        yield
-    finally:
-        CrossAttention.forward = own
 
 
 def measured(fn: Callable[[], Any]) -> int:
@@ -72,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA device: this check compares with torch.cuda.max_memory_allocated", file=sys.stderr)
         return 2
-    from bench.memory import GIB, NATIVE_SIDE, family_bytes, full_size_family
+    from bench.memory import GIB, NATIVE_SIDE, family_bytes, full_size_family, host_attention
     from lib_align.capture import checkpointed_blocks
     from lib_align.config import AlignConfig
     from lib_align.session import AlignSession, frozen_weights
@@ -118,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad(), torch.autocast("cuda", torch.float16):
             apply_model(x2, t2, c2)
 
-    with sdp_attention():
+    with host_attention("sdpa"):
         for fn in (plain_step, one_pass(False), one_pass(True)):  # warm-up: cuDNN/SDPA workspaces
             fn()
         gpu = {"plain_step": measured(plain_step), "pass": measured(one_pass(False)),
