@@ -14,9 +14,8 @@ What is modelled, and how:
   Neither kernel runs on the meta device, so each is written here with the tensors it keeps (flash: an autograd
   function that saves exactly that set; split: Doggettx's own ops in one slice — slicing does not change what the
   backward keeps).
-- **The pass** is T-SAM's as `AlignSession` runs it: the conditional rows, frozen weights, the capture stopping the
-  forward after the last map, the loss and its gradient to the latent; `low` wraps it in the memory mode's
-  block checkpointing. **The plain step** is the host's CFG call: the full UNet on batch 2 without gradient.
+- **The pass** and **the plain step** as bench/passes.py defines them (T-SAM's pass as `AlignSession` runs it, with
+  and without the memory mode; the host's CFG call on twice the rows without gradient).
 
 A figure is the peak of live bytes allocated inside the call, over what existed before it (weights, latent and
 conditioning): what the call needs on top of the loaded model, as `torch.cuda.max_memory_allocated()` minus
@@ -26,7 +25,7 @@ conditioning): what the call needs on top of the loaded model, as `torch.cuda.ma
 from __future__ import annotations
 
 import contextlib
-import functools
+import gc
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -35,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten
 
-META = torch.device("meta")
+from .passes import NATIVE_SIDE, PassCalls, full_size_family, meta_autocast
+
 GIB = 1024.0**3
 KERNELS = ("flash", "split")
 
@@ -74,33 +74,6 @@ class LiveBytes(TorchDispatchMode):
             if isinstance(value, Tensor):
                 self._follow(value)
         return out
-
-
-@contextlib.contextmanager
-def meta_autocast() -> Iterator[None]:
-    """CUDA autocast's fp16 policy for the UNet's layers on the meta device (which autocast does not cover):
-    linear and convolution in fp16, group and layer norm in fp32, as autograd sees them. Written as wrappers of
-    `torch.nn.functional` (what the layers call) rather than a torch-function mode, because such a mode is off
-    inside `torch.autograd.grad`, where the memory mode's checkpoints recompute their blocks. T-SAM's own maps and
-    loss are fp32 by themselves (the real autocast is off there: `capture.full_precision`)."""
-    own = {name: getattr(F, name) for name in ("linear", "conv2d", "group_norm", "layer_norm")}
-
-    def cast(src: torch.dtype, dst: torch.dtype, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        def run(*args: Any, **kwargs: Any) -> Tensor:
-            args, kwargs = tree_map(lambda v: v.to(dst) if isinstance(v, Tensor) and v.dtype == src else v,
-                                    (args, kwargs))
-            return fn(*args, **kwargs)
-        return run
-
-    try:
-        F.linear = cast(torch.float32, torch.float16, own["linear"])
-        F.conv2d = cast(torch.float32, torch.float16, own["conv2d"])
-        F.group_norm = cast(torch.float16, torch.float32, own["group_norm"])
-        F.layer_norm = cast(torch.float16, torch.float32, own["layer_norm"])
-        yield
-    finally:
-        for name, fn in own.items():
-            setattr(F, name, fn)
 
 
 class _FlashShaped(torch.autograd.Function):
@@ -177,57 +150,17 @@ def peak_bytes(fn: Callable[[], Any], known: Iterable[Tensor]) -> int:
     """Peak live bytes allocated by `fn()` on the meta device, over the `known` tensors that existed before."""
     with meta_autocast(), LiveBytes(known) as live:
         fn()
-        gc_collect()
+        gc.collect()
     return live.peak
 
 
-def gc_collect() -> None:
-    import gc
-
-    gc.collect()
-
-
-def pass_and_plain_step_bytes(unet: nn.Module, apply_model: Callable[[Tensor, Tensor, Any], Any], cond: Any,
-                              targets: list, level: int, latent_hw: tuple[int, int], kernel: str,
-                              batch: int = 1) -> dict[str, int]:
-    """Peak bytes of T-SAM's pass (normal and low memory) and of the plain CFG step, for `batch` images, with the
-    host's `kernel`; the UNet on the meta device in fp16 (`unet.half()`)."""
-    from lib_align.capture import checkpointed_blocks
-    from lib_align.config import AlignConfig
-    from lib_align.session import AlignSession, frozen_weights
-
-    def rows(value: Any, n: int) -> Any:
-        if isinstance(value, dict):
-            return {k: rows(v, n) for k, v in value.items()}
-        return torch.cat([value] * n)
-
-    session = AlignSession(unet, apply_model, [targets] * batch, AlignConfig.paper(), 50, latent_hw, level=level)
-    capture = session._capture_once()
-    z0 = torch.randn((batch, 4, *latent_hw), device=META)
-    t = torch.full((batch,), 999.0, device=META)
-    cond_rows = rows(cond, batch)
-    known = [*unet.parameters(), *unet.buffers(), z0, t, *tree_flatten(cond_rows)[0]]
-
-    def one_pass(low: bool) -> Callable[[], None]:
-        def run() -> None:
-            z = z0.detach().requires_grad_(True)
-            memory_mode = checkpointed_blocks(unet, capture) if low else contextlib.nullcontext()
-            with capture, memory_mode, frozen_weights(unet), torch.enable_grad():
-                maps = capture.run(lambda: apply_model(z, t, cond_rows))
-                torch.autograd.grad(session.losses(maps).sum(), [z])
-            capture.reset()
-        return run
-
-    x2, t2, c2 = torch.cat([z0, z0]), torch.cat([t, t]), rows(cond_rows, 2)
-    known_plain = [*known, x2, t2, *tree_flatten(c2)[0]]
-
-    def plain_step() -> None:
-        with torch.no_grad():
-            apply_model(x2, t2, c2)
-
+def pass_and_plain_step_bytes(calls: PassCalls, kernel: str) -> dict[str, int]:
+    """Peak bytes of T-SAM's pass (normal and low memory) and of the plain CFG step with the host's `kernel`, the UNet
+    on the meta device in fp16."""
     with host_attention(kernel):
-        return {"pass": peak_bytes(one_pass(False), known), "pass_low": peak_bytes(one_pass(True), known),
-                "plain_step": peak_bytes(plain_step, known_plain)}
+        return {"pass": peak_bytes(lambda: calls.run_pass(False), calls.inputs),
+                "pass_low": peak_bytes(lambda: calls.run_pass(True), calls.inputs),
+                "plain_step": peak_bytes(calls.plain_step, calls.plain_inputs)}
 
 
 def weight_bytes(module: nn.Module) -> int:
@@ -236,50 +169,12 @@ def weight_bytes(module: nn.Module) -> int:
 
 # -- the full-size families -----------------------------------------------------------------------------------------
 
-PROMPT = "a black car and a white clock"
 FIT_SIDES = {"SD1": (32, 64, 96), "SD2": (48, 96, 128), "SDXL": (64, 96, 128)}  # latent sides the table is fit at
-NATIVE_SIDE = {"SD1": 64, "SD2": 96, "SDXL": 128}  # 512², 768², 1024²
-
-
-@functools.cache
-def full_size_family(name: str) -> tuple[nn.Module, Callable[[Tensor, Tensor, Any], Any], Any, list, int]:
-    """(UNet on meta in fp16, apply_model, one image's conditioning, targets, level) for a full-size family; T from
-    the family's tiny model for `PROMPT` (the memory depends on the token count only)."""
-    from ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-    from lib_align.config import AlignConfig
-    from standalone.models import allow_any_latent_size, full_size_config, tiny_sd
-    from standalone.pipeline import standalone_family
-    from standalone.sd2 import full_size_sd2_config, tiny_sd2
-    from standalone.sdxl import full_size_config as full_size_sdxl_config
-    from standalone.sdxl import full_size_sdxl_unet, tiny_sdxl
-
-    from .workload import UNetOnlyXL
-
-    allow_any_latent_size()
-    tiny = {"SD1": tiny_sd, "SD2": tiny_sd2, "SDXL": tiny_sdxl}[name]()
-    family = standalone_family(tiny)
-    chunks, words = family.tokenize(PROMPT)
-    targets = family.targets(chunks, words, AlignConfig.paper().power)
-    if name == "SDXL":
-        unet = full_size_sdxl_unet(META, torch.float16)
-        params = full_size_sdxl_config().unet
-        model = UNetOnlyXL(unet, tiny.alphas_cumprod).to(META)
-        cond = {"crossattn": torch.randn((1, 77, params["context_dim"]), device=META, dtype=torch.float16),
-                "vector": torch.randn((1, params["adm_in_channels"]), device=META, dtype=torch.float16)}
-        return unet, model.apply_model, cond, targets, family.layout_level
-    config = (full_size_config() if name == "SD1" else full_size_sd2_config()).unet
-    with META:
-        unet = UNetModel(**config).half()
-    unet.dtype = torch.float16
-    context = torch.randn((1, 77, config["context_dim"]), device=META, dtype=torch.float16)
-    return unet, lambda z, t, c: unet(z, t, context=c), context, targets, family.layout_level
 
 
 def family_bytes(name: str, side: int, kernel: str, batch: int = 1) -> dict[str, int]:
     """`pass_and_plain_step_bytes` for a full-size family at a square latent of `side`."""
-    unet, apply_model, cond, targets, level = full_size_family(name)
-    return pass_and_plain_step_bytes(unet, apply_model, cond, targets, level, (side, side), kernel, batch)
+    return pass_and_plain_step_bytes(full_size_family(name).calls(side, batch), kernel)
 
 
 def fit(sides: tuple[int, int, int], values: list[float]) -> tuple[float, float, float]:
@@ -310,10 +205,6 @@ def main() -> None:
         print(f"    {key!r}: PassNeed({', '.join(number(c) for c in coefficients)}),")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def native_memory() -> dict[str, float]:
     """The figures for the JSON line, GiB in fp16 at each family's native size, batch 1: the pass (normal and low
     memory), the plain CFG step, the pass's need beyond the plain step's (what a generation needs more with T-SAM
@@ -321,7 +212,7 @@ def native_memory() -> dict[str, float]:
     out: dict[str, float] = {}
     for name, key in (("SD1", "sd1_512"), ("SDXL", "sdxl_1024")):
         side = NATIVE_SIDE[name]
-        out[f"{key}_unet_weights_gib_fp16"] = weight_bytes(full_size_family(name)[0]) / GIB
+        out[f"{key}_unet_weights_gib_fp16"] = weight_bytes(full_size_family(name).unet) / GIB
         for kernel in KERNELS:
             counts = family_bytes(name, side, kernel)
             suffix = "" if kernel == "flash" else "_split"
@@ -335,3 +226,7 @@ def native_memory() -> dict[str, float]:
     out["sdxl_pass_extra_gib_fp16"] = out["sdxl_1024_pass_extra_gib_fp16"]
     out["sdxl_pass_extra_gib_fp16_low_memory"] = out["sdxl_1024_pass_extra_gib_fp16_low_memory"]
     return out
+
+
+if __name__ == "__main__":
+    main()

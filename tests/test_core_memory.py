@@ -3,17 +3,13 @@ against a fresh count, and auto's decision from a device's free memory."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.memory import LiveBytes, family_bytes
+from bench.passes import pass_calls
 from lib_align import memory
-from lib_align.capture import checkpointed_blocks
-from lib_align.config import AlignConfig
-from lib_align.session import AlignSession, frozen_weights
 from standalone.pipeline import standalone_family
 
 
@@ -38,24 +34,12 @@ def test_counted_peak_is_the_cpu_allocators_peak(tiny_model, low):
     family = standalone_family(tiny_model)
     unet = tiny_model.model.diffusion_model
     chunks, words = family.tokenize("a black car and a white clock")
-    context = torch.randn(1, 77, 64)
-    session = AlignSession(unet, lambda z, t, c: unet(z, t, context=c), [family.targets(chunks, words, 1.0)],
-                           AlignConfig.paper(), 50, (32, 32), level=family.layout_level)
-    capture = session._capture_once()
-    z0, t = torch.randn(1, 4, 32, 32), torch.full((1,), 999.0)
-
-    def one_pass() -> None:
-        z = z0.detach().requires_grad_(True)
-        mode = checkpointed_blocks(unet, capture) if low else contextlib.nullcontext()
-        with capture, mode, frozen_weights(unet), torch.enable_grad():
-            maps = capture.run(lambda: unet(z, t, context=context))
-            torch.autograd.grad(session.losses(maps).sum(), [z])
-        capture.reset()
-
-    one_pass()  # first-call allocations (e.g. lazily built buffers) out of the way
-    expected = allocator_peak(one_pass)
-    with LiveBytes([*unet.parameters(), *unet.buffers(), z0, t, context]) as live:
-        one_pass()
+    calls = pass_calls(unet, lambda z, t, c: unet(z, t, context=c), torch.randn(1, 77, 64),
+                       family.targets(chunks, words, 1.0), family.layout_level, (32, 32))
+    calls.run_pass(low)  # first-call allocations (e.g. lazily built buffers) out of the way
+    expected = allocator_peak(lambda: calls.run_pass(low))
+    with LiveBytes(calls.inputs) as live:
+        calls.run_pass(low)
     assert expected > 1_000_000
     assert live.peak == pytest.approx(expected, rel=0.01)
 

@@ -14,7 +14,6 @@ measurement includes. Needs a CUDA device (about 8 GB for SDXL at 1024²); print
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -49,17 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA device: this check compares with torch.cuda.max_memory_allocated", file=sys.stderr)
         return 2
-    from bench.memory import GIB, NATIVE_SIDE, family_bytes, full_size_family, host_attention
-    from lib_align.capture import checkpointed_blocks
-    from lib_align.config import AlignConfig
-    from lib_align.session import AlignSession, frozen_weights
+    from bench.memory import GIB, family_bytes, host_attention
+    from bench.passes import NATIVE_SIDE, full_size_family, pass_calls
 
     name = args.family.upper()
     side = args.side or NATIVE_SIDE[name]
     device = torch.device("cuda")
     counted = family_bytes(name, side, "flash")  # first: the UNet below is the cached meta one, moved to the GPU
-    meta_unet, _apply, meta_cond, targets, level = full_size_family(name)
-    unet = meta_unet.to_empty(device=device).half()  # random values: memory does not depend on them
+    meta = full_size_family(name)
+    unet = meta.unet.to_empty(device=device).half()  # random values: memory does not depend on them
     for p in unet.parameters():
         torch.nn.init.normal_(p, std=0.02)
     unet.dtype = torch.float16
@@ -69,37 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         def apply_model(z: Any, t: Any, c: Any) -> Any:
             return unet(z, t, context=c)
-    cond = ({k: torch.randn(v.shape, device=device, dtype=torch.float16) for k, v in meta_cond.items()}
-            if isinstance(meta_cond, dict) else torch.randn(meta_cond.shape, device=device, dtype=torch.float16))
-    session = AlignSession(unet, apply_model, [targets], AlignConfig.paper(), 50, (side, side), level=level)
-    capture = session._capture_once()
-    z0 = torch.randn((1, 4, side, side), device=device)
-    t = torch.full((1,), 999.0, device=device)
+    cond = ({k: torch.randn(v.shape, device=device, dtype=torch.float16) for k, v in meta.cond.items()}
+            if isinstance(meta.cond, dict) else torch.randn(meta.cond.shape, device=device, dtype=torch.float16))
+    calls = pass_calls(unet, apply_model, cond, meta.targets, meta.level, (side, side))
 
-    def one_pass(low: bool) -> Callable[[], None]:
+    def autocast(fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
-            z = z0.detach().requires_grad_(True)
-            mode = checkpointed_blocks(unet, capture) if low else contextlib.nullcontext()
-            with capture, mode, frozen_weights(unet), torch.enable_grad(), torch.autocast("cuda", torch.float16):
-                maps = capture.run(lambda: apply_model(z, t, cond))
-                torch.autograd.grad(session.losses(maps).sum(), [z])
-            capture.reset()
+            with torch.autocast("cuda", torch.float16):  # as A1111 samples
+                fn()
         return run
 
-    def doubled(c: Any) -> Any:
-        return {k: torch.cat([v, v]) for k, v in c.items()} if isinstance(c, dict) else torch.cat([c, c])
-
-    x2, t2, c2 = torch.cat([z0, z0]), torch.cat([t, t]), doubled(cond)
-
-    def plain_step() -> None:
-        with torch.no_grad(), torch.autocast("cuda", torch.float16):
-            apply_model(x2, t2, c2)
-
+    steps = {"plain_step": autocast(calls.plain_step), "pass": autocast(lambda: calls.run_pass(False)),
+             "pass_low": autocast(lambda: calls.run_pass(True))}
     with host_attention("sdpa"):
-        for fn in (plain_step, one_pass(False), one_pass(True)):  # warm-up: cuDNN/SDPA workspaces
+        for fn in steps.values():  # warm-up: cuDNN/SDPA workspaces
             fn()
-        gpu = {"plain_step": measured(plain_step), "pass": measured(one_pass(False)),
-               "pass_low": measured(one_pass(True))}
+        gpu = {key: measured(fn) for key, fn in steps.items()}
     out = {"family": name, "latent_side": side, "device": torch.cuda.get_device_name(), "torch": torch.__version__}
     for key in gpu:
         out[f"{key}_gib_measured"] = round(gpu[key] / GIB, 3)
