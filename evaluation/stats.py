@@ -25,7 +25,7 @@ BASELINE = "plain"
 
 # The paper's numbers (Kim, Esmaeili, Qiu, CVPR 2025, arXiv 2411.15236, its comparison on the Attend-and-Excite
 # sets: SD 1.5, 64 seeds, two decimals), as the project's method notes transcribe them (objects / animals-objects).
-# The paper gives no animals column. README "Does it work?" shows the same table.
+# The paper gives no animals column. docs/evaluation.md shows the same table.
 PAPER_SOURCE = "Kim, Esmaeili, Qiu, CVPR 2025 (arXiv 2411.15236), Attend-and-Excite comparison, SD 1.5, 64 seeds"
 PAPER_NUMBERS: dict[tuple[str, str], dict[str, float]] = {
     ("objects", "full"): {"plain": 0.34, "tsam": 0.36},
