@@ -91,8 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "~21 min)")
     mode.add_argument("--smoke", action="store_const", dest="mode", const="smoke",
                       help="the tiny test models: exercises every code path (numbers mean nothing); minutes, not "
-                           "seconds: the whole CI run on 2 cores, which runs it once, took 490 s before the memory "
-                           "count at native sizes (~35 s more) was added; far longer on a loaded machine")
+                           "seconds: alone on 2 shared CPU cores it took 18 min wall, 9.5 min CPU (load average 1 at "
+                           "the start, ~10 at the end from other jobs); the whole CI run, which runs it once, took "
+                           "490 s before the memory count at native sizes was added")
     ap.set_defaults(mode="full")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     ap.add_argument("--dtype", default=None, choices=("fp32", "fp16"), help="default fp32 on CPU, fp16 on CUDA")
