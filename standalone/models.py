@@ -213,6 +213,8 @@ class LatentDiffusionBase(nn.Module):
 class StableDiffusion(LatentDiffusionBase):
     """SD 1.x (v1-inference.yaml)."""
 
+    is_sd1 = True  # the family flag A1111 and Forge set (lib_align.families: SD1.flag)
+
     def __init__(self, config: SDConfig) -> None:
         super().__init__()
         from ldm.modules.diffusionmodules.openaimodel import UNetModel

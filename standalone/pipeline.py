@@ -2,9 +2,9 @@
 uses, for SD1, SD2 and SDXL models. It serves the demo (`python -m standalone`), the tests and the benchmark; A1111
 never imports it.
 
-One sampling path for every family: what differs between model classes (tokenizer, where T comes from, the form
-of the cond) sits in a small `StandaloneFamily` per class, and T is computed by the same functions the extension's
-`lib_align.families` use for that family.
+One sampling path for every family: what differs (which encoder gives T, the layout level, the form of the cond)
+is the family's spec in `lib_align.families`, the one the web UI uses; `StandaloneFamily` only finds the model's
+parts, and T is computed by the same functions the extension uses on A1111 (`lib_align.encoders`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 from lib_align.config import AlignConfig
-from lib_align.families import SD1, SD2, SDXL
+from lib_align.encoders import encoder_targets, is_encoder, is_openclip
+from lib_align.families import SPECS, FamilySpec, spec_of
 from lib_align.session import AlignSession
-from lib_align.text import ChunkTarget, chunk_targets, tokenize_chunks
+from lib_align.text import ChunkTarget, tokenize_chunks
 
 from .models import import_k_diffusion
 from .samplers import SAMPLERS
@@ -41,85 +42,51 @@ class Generation:
 
 
 class StandaloneFamily:
-    """What differs between the standalone model classes; the sampling, the session and the loss do not.
+    """A demo model bound to its family's spec (lib_align.families): the same decisions as in the web UI — which
+    encoder gives T, the layout level, the cond's form — read from the one spec; the demo models hold their parts
+    under the hosts' attribute names (`cond_stage_model`, or `conditioner.embedders` for SDXL; ldm/sgm's encoder
+    classes), so T is found as A1111 finds it, with A1111's default options: "Clip skip" applies to a CLIP encoder
+    without a configured layer (SD1), an encoder's configured layer is used otherwise (SD2, SDXL's CLIP-L)."""
 
-    `layout_level` is the extension's family's (lib_align.families), so a standalone run takes its maps where the
-    web UI would for that model."""
-
-    name = "SD1"
-    layout_level = SD1.layout_level
-
-    def __init__(self, sd: Any) -> None:
-        self.sd = sd
+    def __init__(self, sd: Any, spec: FamilySpec | None = None) -> None:
+        spec = spec or spec_of(sd)
+        if spec is None:
+            raise ValueError(f"{type(sd).__name__} carries none of the family flags "
+                             f"({', '.join(s.flag for s in SPECS)})")
+        self.sd, self.spec = sd, spec
+        self.name, self.layout_level = spec.name, spec.layout_level
+        embedders = getattr(getattr(sd, "conditioner", None), "embedders", None)
+        found = [e for e in embedders if is_encoder(e)] if embedders is not None else [sd.cond_stage_model]
+        self.encoder = found[spec.t_encoder]  # the T encoder
 
     def tokenize(self, prompt: str) -> tuple[Tensor, list[list[str]]]:
         """Token chunks [n, 77] of one prompt and each chunk's BPE pieces (BREAK and 75-token chunks as A1111)."""
-        return tokenize_chunks(self.sd.cond_stage_model.tokenizer, prompt)
+        if is_openclip(self.encoder):
+            from .sd2 import openclip_tokenizer  # loads open_clip's modules: only when needed
+            from .sd2 import tokenize_chunks as openclip_chunks
+
+            return openclip_chunks(getattr(self.encoder, "tokenizer", None) or openclip_tokenizer(), prompt)
+        return tokenize_chunks(self.encoder.tokenizer, prompt)
 
     def targets(self, chunks: Tensor, words: Sequence[Sequence[str]], power: float,
                 clip_skip: int = 1) -> list[ChunkTarget]:
-        """T per chunk from the encoder the extension takes it from for this family."""
-        return chunk_targets(self.sd.cond_stage_model.transformer, chunks, power, clip_skip, tokens=words)
+        """T per chunk from the encoder the spec names, at the layers that feed the cond."""
+        configured = is_openclip(self.encoder) or getattr(self.encoder, "layer_idx", None) is not None
+        return encoder_targets(self.encoder, chunks, power, None if configured else clip_skip, tokens=list(words))
 
     def encode(self, chunks: Tensor, clip_skip: int = 1, *, size: tuple[int, int] = (512, 512),
                empty: bool = False) -> Cond:
-        """The cond of one prompt's chunks (`size` = (height, width) and `empty` matter to SDXL only)."""
+        """The cond of one prompt's chunks (`size` = (height, width) and `empty` matter to pooled families: SDXL's
+        size embeddings, and an empty negative prompt as all-zero text, as A1111 encodes it)."""
         with torch.no_grad():
+            if self.spec.pooled:
+                crossattn, vector = self.sd.encode_chunks(chunks, size=size, zero_text=empty)
+                return {"crossattn": crossattn, "vector": vector}
             return self.sd.cond_stage_model.encode_chunks(chunks, clip_skip)
 
 
-class StandaloneSD2(StandaloneFamily):
-    """OpenCLIP ViT-H: open_clip's chunking (0-padded), T from the blocks that feed the cond ("penultimate"), as
-    lib_align.families.SD2; "Clip skip" is ignored for SD2, as in A1111."""
-
-    name = "SD2"
-    layout_level = SD2.layout_level
-
-    def tokenize(self, prompt: str) -> tuple[Tensor, list[list[str]]]:
-        from .sd2 import tokenize_chunks as openclip_chunks
-
-        return openclip_chunks(self.sd.cond_stage_model.tokenizer, prompt)
-
-    def targets(self, chunks: Tensor, words: Sequence[Sequence[str]], power: float,
-                clip_skip: int = 1) -> list[ChunkTarget]:
-        from lib_align.families.sd2 import openclip_layers
-        from lib_align.openclip_text import openclip_chunk_targets
-
-        encoder = self.sd.cond_stage_model
-        return openclip_chunk_targets(encoder.model, chunks, power, openclip_layers(encoder), tokens=words)
-
-
-class StandaloneSDXL(StandaloneFamily):
-    """CLIP-L + bigG: T from CLIP-L at its configured layer (lib_align.families.sdxl explains the choice; "Clip
-    skip" off, A1111's default), the cond a dict with the size embeddings of the image being made; an empty
-    negative prompt is all-zero text, as A1111 encodes it."""
-
-    name = "SDXL"
-    layout_level = SDXL.layout_level
-
-    def tokenize(self, prompt: str) -> tuple[Tensor, list[list[str]]]:
-        return tokenize_chunks(self.sd.conditioner.tokenizer, prompt)
-
-    def targets(self, chunks: Tensor, words: Sequence[Sequence[str]], power: float,
-                clip_skip: int = 1) -> list[ChunkTarget]:
-        from lib_align.families.sdxl import configured_clip_skip
-
-        clip_l = self.sd.conditioner.clip_l
-        return chunk_targets(clip_l.transformer, chunks, power, configured_clip_skip(clip_l), tokens=words)
-
-    def encode(self, chunks: Tensor, clip_skip: int = 1, *, size: tuple[int, int] = (1024, 1024),
-               empty: bool = False) -> Cond:
-        with torch.no_grad():
-            crossattn, vector = self.sd.encode_chunks(chunks, size=size, zero_text=empty)
-        return {"crossattn": crossattn, "vector": vector}
-
-
 def standalone_family(sd: Any) -> StandaloneFamily:
-    """The adapter of a standalone model (StableDiffusion, StableDiffusion2 or StableDiffusionXL)."""
-    if getattr(sd, "is_sdxl", False):
-        return StandaloneSDXL(sd)
-    if type(sd).__name__ == "StableDiffusion2":  # no import: standalone.sd2 loads open_clip's modules
-        return StandaloneSD2(sd)
+    """The family of a standalone model (StableDiffusion, StableDiffusion2 or StableDiffusionXL)."""
     return StandaloneFamily(sd)
 
 

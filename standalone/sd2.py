@@ -150,6 +150,8 @@ class StableDiffusion2(LatentDiffusionBase):
     """SD 2.x (v2-inference.yaml, or v2-inference-v.yaml with `v`): ldm's UNet with SD2's settings and ldm's
     FrozenOpenCLIPEmbedder; the same API as standalone.models.StableDiffusion (scale factor 0.18215 too)."""
 
+    is_sd2 = True  # the family flag A1111 and Forge set (lib_align.families: SD2.flag)
+
     def __init__(self, config: SDConfig, v: bool = False, seed: int = 0) -> None:
         super().__init__()
         from ldm.modules.diffusionmodules.openaimodel import UNetModel

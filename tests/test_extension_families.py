@@ -27,6 +27,7 @@ from sd2_model import HostModelSD2  # noqa: E402
 from sdxl_model import HostModelSDXL  # noqa: E402
 
 from lib_align.families import SD1, SD2, SDXL, family_for  # noqa: E402
+from lib_align.families.ldm import LdmReach  # noqa: E402
 from standalone.sd2 import tiny_sd2  # noqa: E402
 from standalone.sdxl import tiny_sdxl  # noqa: E402
 
@@ -55,7 +56,7 @@ def family(request: Any, host: standin.Host, family_models: dict[str, Any]) -> I
 def test_each_family_is_detected_as_itself(family_models):
     expected = {"sd1": SD1, "sd2": SD2, "sd2-v": SD2, "sdxl": SDXL}
     for name, model in family_models.items():
-        assert type(family_for(model)) is expected[name], name
+        assert family_for(model, LdmReach()).spec is expected[name], name
 
 
 def test_off_is_bitwise_the_host_without_the_extension(host, family):
@@ -69,7 +70,7 @@ def test_on_lowers_the_loss_at_every_step_and_changes_the_image(host, family, jo
     off, _ = host.txt2img(PROMPT, **BASE)
     on, _ = host.txt2img(PROMPT, tsam={"step_size": 20}, **BASE)
     job = jobs[-1]
-    assert type(job.family).__name__ == {"sd1": "SD1", "sd2": "SD2", "sd2-v": "SD2", "sdxl": "SDXL"}[family]
+    assert job.family.name == {"sd1": "SD1", "sd2": "SD2", "sd2-v": "SD2", "sdxl": "SDXL"}[family]
     assert [r.step for r in job.reports] == [0, 1]  # the first half of 4 steps
     for report in job.reports:
         assert report.loss_after[0] < report.loss_before[0], report
@@ -123,3 +124,28 @@ def test_analyze_prompt_with_break_names_every_chunk_of_the_t_used(host, family)
         assert "the first T" not in note
     else:  # one encoder: nothing to tell apart
         assert "T-SAM uses" not in note
+
+
+def test_the_spec_alone_decides_which_encoder_gives_t(family_models):
+    """A family's decisions live in its spec only (lib_align/families/sdxl.py: T from CLIP-L). A spec that names
+    bigG instead must make the A1111 reach and the demo's compute T from bigG — equal to the "not used" panel of the
+    real spec's analysis — with no code of either host touched. (Fails if a reach hard-codes an encoder.)"""
+    import dataclasses
+
+    from lib_align.families import ModelFamily
+    from standalone.pipeline import StandaloneFamily
+
+    model = family_models["sdxl"]
+    real = ModelFamily(SDXL, LdmReach(), model)
+    (_, clip_l), (bigg_title, bigg) = real.analysis_targets(PROMPT, 4.0, None)
+    assert bigg_title == "T of OpenCLIP-bigG (not used)"
+    bigg_spec = dataclasses.replace(SDXL, t_encoder=1)
+    from_bigg = ModelFamily(bigg_spec, LdmReach(), model).prompt_targets(PROMPT, 4.0, None)
+    assert [t.tokens for t in from_bigg] == [t.tokens for t in bigg]
+    torch.testing.assert_close(from_bigg[0].target, bigg[0].target)
+    assert not torch.allclose(from_bigg[0].target, clip_l[0].target, atol=1e-3)  # the two encoders do differ
+
+    demo = StandaloneFamily(model.sd, spec=bigg_spec)
+    chunks, words = demo.tokenize(PROMPT)
+    torch.testing.assert_close(demo.targets(chunks, words, 4.0)[0].target, bigg[0].target, rtol=1e-5, atol=1e-6)
+    assert StandaloneFamily(model.sd).spec is SDXL and StandaloneFamily(model.sd).layout_level == SDXL.layout_level

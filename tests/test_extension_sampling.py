@@ -21,7 +21,7 @@ from modules.script_callbacks import ScriptCallback  # noqa: E402
 from modules.sd_hijack_clip import Embedding  # noqa: E402
 
 from lib_align.config import OFFICIAL, AlignConfig  # noqa: E402
-from lib_align.families import SD1  # noqa: E402
+from lib_align.families import ModelFamily  # noqa: E402
 from lib_align.session import AlignSession  # noqa: E402
 from lib_align.text import chunk_targets  # noqa: E402
 from standalone.models import import_k_diffusion  # noqa: E402
@@ -377,7 +377,7 @@ def test_exception_before_sampling_gives_the_plain_image(host, tsam_log, monkeyp
     def broken(*args, **kwargs):
         raise ValueError("no tokenizer")
 
-    monkeypatch.setattr(SD1, "prompt_targets", broken)
+    monkeypatch.setattr(ModelFamily, "prompt_targets", broken)
     without = host.txt2img_without_extension(**BASE)
     res, _ = host.txt2img(tsam=STRONG, **BASE)
     assert torch.equal(res.samples, without.samples)

@@ -73,7 +73,8 @@ def check_unet(torch: types.ModuleType, name: str, directions: int) -> bool:
 
     from lib_align.autograd import autograd_usable, gradient_pass
     from lib_align.capture import CrossAttentionCapture
-    from lib_align.families.forge import ForgeSD1, ForgeSDXL
+    from lib_align.families import SD1, SDXL, ModelFamily
+    from lib_align.families.forge import ForgeReach
     from lib_align.loss import prompt_loss
     from lib_align.optimizer import loss_and_grad
     from lib_align.text import ChunkTarget
@@ -101,7 +102,7 @@ def check_unet(torch: types.ModuleType, name: str, directions: int) -> bool:
 
     engine = types.SimpleNamespace(forge_objects=types.SimpleNamespace(unet=types.SimpleNamespace(
         model=types.SimpleNamespace(diffusion_model=unet, computation_dtype=torch.float64))))
-    family = (ForgeSDXL if name == "SDXL" else ForgeSD1)(engine, torch.device("cpu"))
+    family = ModelFamily(SDXL if name == "SDXL" else SD1, ForgeReach(), engine, torch.device("cpu"))
     n = 6
     rows = torch.rand(n, n, dtype=torch.float64).tril() + torch.eye(n, dtype=torch.float64)
     targets = [ChunkTarget(0, rows / rows.sum(-1, keepdim=True), [f"w{i}" for i in range(n)])]
@@ -170,7 +171,8 @@ def check_text_engine(torch: types.ModuleType) -> bool:
     from backend.text_processing.classic_engine import ClassicTextProcessingEngine
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from lib_align.families.forge import ForgeSD1
+    from lib_align.families import SD1, ModelFamily
+    from lib_align.families.forge import ForgeReach
     from lib_align.text import chunk_targets
     from standalone.models import clip_tokenizer
 
@@ -189,7 +191,7 @@ def check_text_engine(torch: types.ModuleType) -> bool:
         engine([prompt])  # what Forge does for the cond (one encoder pass per chunk)
     handle.remove()
     engine_model = types.SimpleNamespace(is_sd1=True, text_processing_engine=engine)
-    family = ForgeSD1(engine_model, torch.device("cpu"))
+    family = ModelFamily(SD1, ForgeReach(), engine_model, torch.device("cpu"))
     with torch.inference_mode():
         got = family.prompt_targets(prompt, 2.0, None)
         ids = torch.cat(fed)

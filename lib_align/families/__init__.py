@@ -1,12 +1,15 @@
-"""Model families behind one seam: everything that differs between SD1, SD2 and SDXL lives in one module each.
+"""Model families: the method's decisions per family written once, and one seam each host reaches them through.
 
-A family knows, for a loaded model: how its text encoder(s) tokenise a prompt and give T (`prompt_targets`), which
-UNet level is the "layout" level the maps are taken at (`layout_level`), and how the conditional rows of the host's
-conditioning are handed to the differentiable UNet call (`cond_rows`). The method (session, loss, optimizer) never
-asks which family it runs. `family_for(model)` picks the first family whose `detect` accepts the model; a model no
-family accepts gets `unsupported(model)`'s one-line reason.
+A family is one spec module here (`sd1`, `sd2`, `sdxl`: a `FamilySpec` and the reasons for it): which text encoder
+gives T, which UNet level the maps are taken at, whether the cond carries a pooled vector, and the flag the hosts
+set on its models. A host says only how to reach a loaded model's objects (a `Reach`: the UNet, the encoders and
+their tokenisation, the conditioning form): A1111's adapter (`lib_align.webui.a1111`), Forge's
+(`lib_align.webui.forge`) and the demo's (`standalone.pipeline`). `ModelFamily` binds the two to one model; the
+method (session, loss, optimizer) never asks which family it runs.
 
-Families read the host's model objects by attribute only (no `modules.*` import), so they stay host-free.
+A new family = one spec module here, listed in SPECS (+ its tests; + a row of `lib_align.memory`'s table for the
+memory mode "auto", which otherwise keeps the normal pass). A new host = one adapter module with its `Reach`.
+Nothing here imports a host's modules.
 """
 
 from __future__ import annotations
@@ -16,35 +19,31 @@ from typing import Any
 
 import torch
 
-from .base import ModelFamily
-from .sd1 import SD1
-from .sd2 import SD2
-from .sdxl import SDXL
+from . import sd1, sd2, sdxl
+from .base import FamilySpec, ModelFamily, Reach, TextEncoder, batch_rows
 
-FAMILIES: list[type[ModelFamily]] = [SDXL, SD2, SD1]  # most specific first
+SD1, SD2, SDXL = sd1.SPEC, sd2.SPEC, sdxl.SPEC
+SPECS: list[FamilySpec] = [SDXL, SD2, SD1]
 
 
-def family_for(model: Any, device: torch.device | None = None,
-               families: Sequence[type[ModelFamily]] = FAMILIES) -> ModelFamily | None:
-    """The family of a loaded model, or None when none of `families` supports it (default: the ldm/sgm ones).
-    `device`: the host's compute device."""
-    for family in families:
-        if family.detect(model):
-            return family(model, device)
+def family_for(model: Any, reach: Reach, device: torch.device | None = None,
+               specs: Sequence[FamilySpec] = SPECS) -> ModelFamily | None:
+    """The family of a loaded model as `reach` finds it, or None when no spec's model it is. `device`: the host's
+    compute device."""
+    for spec in specs:
+        if reach.accepts(model, spec):
+            return ModelFamily(spec, reach, model, device)
     return None
 
 
-def unsupported(model: Any) -> str:
-    """Why no family supports this model (no trailing consequence: callers add it)."""
-    if getattr(model, "cond_stage_key", None) == "edit":
-        return "InstructPix2Pix models are not supported"
-    if getattr(model, "is_sdxl_inpaint", False):
-        return "SDXL inpainting models are not supported (their UNet input carries the masked image)"
-    for flag, name in (("is_sd3", "SD3"), ("is_flux", "Flux")):
-        if getattr(model, flag, False):
-            return f"{name} models are not supported (no UNet cross-attention to steer)"
-    supported = ", ".join(f.name for f in FAMILIES)
-    return f"this model type is not supported (supported: {supported})"
+def spec_of(model: Any, specs: Sequence[FamilySpec] = SPECS) -> FamilySpec | None:
+    """The spec whose flag the model carries (both hosts and the demo models set exactly one), or None."""
+    return next((spec for spec in specs if getattr(model, spec.flag, False) is True), None)
 
 
-__all__ = ["FAMILIES", "SD1", "SD2", "SDXL", "ModelFamily", "family_for", "unsupported"]
+def supported_names() -> str:
+    return ", ".join(spec.name for spec in reversed(SPECS))
+
+
+__all__ = ["SD1", "SD2", "SDXL", "SPECS", "FamilySpec", "ModelFamily", "Reach", "TextEncoder", "batch_rows",
+           "family_for", "spec_of", "supported_names"]

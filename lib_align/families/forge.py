@@ -1,35 +1,35 @@
-"""The same families on Forge's 2024 backend, whose model objects differ from ldm/sgm's (read by attribute only).
+"""How Forge (its 2024 `backend`) holds a loaded model's objects: the `Reach` of the Forge host
+(`lib_align.webui.forge.Forge` is this class plus the host's hooks). Host-free: read by attribute only, so that
+tools/check_forge_backend.py can run it on Forge's own classes without the web UI.
 
-Forge (backend/diffusion_engine/sd15.py, sd20.py, sdxl.py) loads every family as diffusers-shaped components:
+backend/diffusion_engine/sd15.py, sd20.py, sdxl.py load every family as diffusers-shaped components:
 - the UNet is `sd_model.forge_objects.unet` (a UnetPatcher) -> `.model` (backend/modules/k_model.py `KModel`: the
-  predictor with the noise schedule, `computation_dtype`) -> `.diffusion_model` (backend/nn/unet.py
-  `IntegratedUNet2DConditionModel`: ldm's module tree, attention modules with `to_q`/`to_k`/`heads`/`dim_head`);
+  predictor with the noise schedule, `computation_dtype`; sigma -> t is its predictor's `timestep`) ->
+  `.diffusion_model` (backend/nn/unet.py `IntegratedUNet2DConditionModel`: ldm's module tree, attention modules
+  with `to_q`/`to_k`/`heads`/`dim_head`);
 - every text encoder, SD2's OpenCLIP-H and SDXL's bigG included, is a transformers CLIP model
   (backend/nn/clip.py `IntegratedCLIP.transformer`) behind a `ClassicTextProcessingEngine`
-  (backend/text_processing/classic_engine.py: A1111's tokenize_line — emphasis, BREAK, comma back-tracking, textual
-  inversion fixes — and `hidden_states[-max(clip_skip, minimal_clip_skip)]`).
-So one T path serves all three families here, and the method decisions are the ldm families' own: layout level 4,
-SDXL's T from CLIP-L (`lib_align.families.sdxl` says why), conditioning rows as the host hands them to the UNet.
-
-Clip skip: Forge applies the "Clip skip" setting to every engine (modules/processing.py calls
-`sd_model.set_clip_skip` before encoding), floored by the engine's `minimal_clip_skip` (2 for SDXL's encoders);
-the engine's own value is read, so T uses the very layers that fed this job's cond.
+  (backend/text_processing/classic_engine.py: A1111's tokenize_line and `hidden_states[-max(clip_skip,
+  minimal_clip_skip)]`): `text_processing_engine` (SD1, SD2) or `text_processing_engine_l`, `_g` (SDXL).
+So one T path serves all three families here. Clip skip: Forge applies the setting to every engine
+(modules/processing.py calls `sd_model.set_clip_skip` before encoding), floored by the engine's `minimal_clip_skip`
+(2 for SDXL's encoders); the engine's own value is read, so T uses the very layers that fed this job's cond.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..capture import top_level_blocks
+from ..encoders import chunk_labels, line_overrides
 from ..text import ChunkTarget, chunk_targets
-from . import family_for
-from .base import ModelFamily
-from .sd1 import chunk_labels, embedding_vectors
+from . import supported_names
+from .base import FamilySpec, ModelFamily, Reach, batch_rows
 
 QUANTISED = ("nf4", "fp4", "gguf", "float8_e4m3fn", "float8_e5m2")  # backend/loader.py storage dtypes
 
@@ -51,14 +51,13 @@ def engine_targets(engine: Any, text: str, power: float, device: torch.device) -
     """T per chunk of one prompt through a Forge ClassicTextProcessingEngine, at the layer its cond comes from."""
     chunks, _ = engine.tokenize_line(text)
     ids = engine_ids(engine, chunks, device)
-    overrides = [[(fix.offset, embedding_vectors(fix.embedding, engine.embedding_key)) for fix in chunk.fixes]
-                 for chunk in chunks]
+    overrides = line_overrides(chunks, engine.embedding_key)
     labels = chunk_labels(chunks, overrides, engine.tokenizer)
     clip_skip = max(int(engine.clip_skip or 1), int(engine.minimal_clip_skip or 1))
     return chunk_targets(engine.text_encoder.transformer, ids, power, clip_skip, overrides, tokens=labels)
 
 
-CONTROL_FOR = "control_for"  # the pass's cond key of the host's ControlNet factory (webui/forge.py pass_cond)
+CONTROL_FOR = "control_for"  # the pass's cond key of the host's ControlNet factory (Forge.pass_cond)
 
 
 @contextlib.contextmanager
@@ -114,97 +113,63 @@ def forge_unet(model: Any) -> nn.Module | None:
                    "diffusion_model", None)
 
 
-class ForgeSD1(ModelFamily):
-    name = "SD1"
-    flag = "is_sd1"
-    engine_name = "text_processing_engine"
+ENGINES = ("text_processing_engine", "text_processing_engine_l", "text_processing_engine_g")
 
-    @classmethod
-    def detect(cls, model: Any) -> bool:
-        engine = getattr(model, cls.engine_name, None)
-        unet = forge_unet(model)
-        return (getattr(model, cls.flag, False) is True and unet is not None
-                and top_level_blocks(unet) is not None
-                and hasattr(engine, "tokenize_line") and hasattr(getattr(engine, "text_encoder", None), "transformer"))
 
-    @property
-    def engine(self) -> Any:
-        return getattr(self.model, self.engine_name)
+def engines(model: Any) -> list[Any]:
+    """The model's text processing engines in the order its encoders are listed (SDXL: CLIP-L, bigG)."""
+    return [getattr(model, name) for name in ENGINES if hasattr(getattr(model, name, None), "tokenize_line")]
 
-    @property
-    def kmodel(self) -> Any:
-        return self.model.forge_objects.unet.model  # read live: Forge swaps forge_objects per batch (LoRA)
 
-    @property
-    def unet(self) -> nn.Module:
-        return self.kmodel.diffusion_model
+class ForgeReach(Reach):
+    """Forge's models: SD1, SD2 (eps and v), SDXL base."""
 
-    def sigma_to_t(self, sigma: Tensor) -> Tensor:
-        return self.kmodel.predictor.timestep(sigma)
+    def accepts(self, model: Any, spec: FamilySpec) -> bool:
+        found = engines(model)
+        return (getattr(model, spec.flag, False) is True and forge_unet(model) is not None
+                and top_level_blocks(forge_unet(model)) is not None and len(found) >= len(spec.encoders)
+                and all(hasattr(getattr(e, "text_encoder", None), "transformer") for e in found))
 
-    def apply_model(self, z: Tensor, t: Tensor, cond: Any) -> Any:
+    def unsupported(self, model: Any) -> str:
+        kind = type(model).__name__
+        names = {"Flux": "Flux", "Chroma": "Chroma", "StableDiffusion3": "SD3/SD3.5"}
+        if kind in names or getattr(model, "is_sd3", False):
+            return f"{names.get(kind, 'SD3/SD3.5')} models are not supported (no UNet cross-attention to steer)"
+        if kind == "StableDiffusionXLRefiner":
+            return "the SDXL refiner is not supported (T comes from CLIP-L, which the refiner does not have)"
+        return f"this model type ({kind}) is not supported (supported: {supported_names()})"
+
+    @staticmethod
+    def kmodel(model: Any) -> Any:
+        return model.forge_objects.unet.model  # read live: Forge swaps forge_objects per batch (LoRA)
+
+    def unet(self, model: Any) -> nn.Module:
+        return self.kmodel(model).diffusion_model
+
+    def apply_model(self, model: Any, z: Tensor, t: Tensor, cond: Any) -> Any:
         """The UNet on z at timestep t, as KModel.apply_model calls it after its input scaling. Without the host's
         transformer_options: other extensions' attention patches would hide the layers T-SAM reads. ControlNet's
-        residuals come from `cond[CONTROL_FOR](z)` when the host adapter put a factory there (webui/forge.py)."""
-        dtype = self.kmodel.computation_dtype
+        residuals come from `cond[CONTROL_FOR](z)` when `pass_cond` put a factory there."""
+        unet = self.unet(model)
+        dtype = self.kmodel(model).computation_dtype
         control_for = cond.get(CONTROL_FOR)
         extra = {k: _normal(v.to(dtype)) for k, v in cond.items() if k not in ("c_crossattn", CONTROL_FOR)}
         control = control_for(z) if control_for is not None else None
-        with residuals_added(self.unet, control):
-            return self.unet(z.to(dtype), t.float(), context=_normal(cond["c_crossattn"].to(dtype)), control=None,
-                             transformer_options={}, **extra)
+        with residuals_added(unet, control):
+            return unet(z.to(dtype), t.float(), context=_normal(cond["c_crossattn"].to(dtype)), control=None,
+                        transformer_options={}, **extra)
 
-    def uses_clip_skip(self, options: Any) -> bool:
-        return False  # the engine's own clip_skip is read (Forge set it from the setting for this job)
+    def targets(self, model: Any, spec: FamilySpec, encoder: int, text: str, power: float, clip_skip: int | None,
+                device: torch.device) -> list[ChunkTarget]:
+        return engine_targets(engines(model)[encoder], text, power, device)  # the engine's own clip skip
 
-    def prompt_targets(self, text: str, power: float, clip_skip: int | None) -> list[ChunkTarget]:
-        return engine_targets(self.engine, text, power, self.device)
+    def cond_rows(self, spec: FamilySpec, text_cond: Any, image_cond: Tensor, batch: int) -> Any:
+        rows = batch_rows(spec, text_cond, batch)
+        if isinstance(rows, dict):
+            if not isinstance(rows.get("vector"), Tensor):
+                return None
+            return {"c_crossattn": rows["crossattn"], "y": rows["vector"]}  # KModel passes `y` on to the UNet
+        return None if rows is None else {"c_crossattn": rows}
 
-    def cond_rows(self, text_cond: Any, image_cond: Tensor, batch: int) -> Any:
-        if not isinstance(text_cond, Tensor) or text_cond.shape[0] != batch:
-            return None
-        return {"c_crossattn": text_cond}
-
-
-class ForgeSD2(ForgeSD1):
-    name = "SD2"
-    flag = "is_sd2"
-
-
-class ForgeSDXL(ForgeSD1):
-    name = "SDXL"
-    flag = "is_sdxl"
-    engine_name = "text_processing_engine_l"  # T from CLIP-L, as on A1111 (families/sdxl.py)
-
-    def analysis_targets(self, text: str, power: float, clip_skip: int | None) -> list[tuple[str, list[ChunkTarget]]]:
-        bigg = engine_targets(self.model.text_processing_engine_g, text, power, self.device)
-        return [("T (CLIP-L, used)", self.prompt_targets(text, power, clip_skip)),
-                ("T of OpenCLIP-bigG (not used)", bigg)]
-
-    def cond_rows(self, text_cond: Any, image_cond: Tensor, batch: int) -> Any:
-        if not isinstance(text_cond, dict) or not isinstance(text_cond.get("crossattn"), Tensor):
-            return None
-        vector = text_cond.get("vector")
-        if not isinstance(vector, Tensor) or text_cond["crossattn"].shape[0] != batch or vector.shape[0] != batch:
-            return None
-        return {"c_crossattn": text_cond["crossattn"], "y": vector}  # KModel passes `y` on to the UNet
-
-
-FORGE_FAMILIES: list[type[ForgeSD1]] = [ForgeSDXL, ForgeSD2, ForgeSD1]
-
-
-def forge_family_for(model: Any, device: torch.device | None = None) -> ForgeSD1 | None:
-    family = family_for(model, device, FORGE_FAMILIES)
-    return family if isinstance(family, ForgeSD1) else None
-
-
-def forge_unsupported(model: Any) -> str:
-    """Why no Forge family supports this model (no trailing consequence)."""
-    kind = type(model).__name__
-    names = {"Flux": "Flux", "Chroma": "Chroma", "StableDiffusion3": "SD3/SD3.5"}
-    if kind in names or getattr(model, "is_sd3", False):
-        return f"{names.get(kind, 'SD3/SD3.5')} models are not supported (no UNet cross-attention to steer)"
-    if kind == "StableDiffusionXLRefiner":
-        return "the SDXL refiner is not supported (T comes from CLIP-L, which the refiner does not have)"
-    supported = ", ".join(f.name for f in reversed(FORGE_FAMILIES))
-    return f"this model type ({kind}) is not supported (supported: {supported})"
+    def sigma_to_t(self, family: ModelFamily) -> Callable[[Tensor], Tensor]:
+        return lambda sigma: self.kmodel(family.model).predictor.timestep(sigma)

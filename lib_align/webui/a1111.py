@@ -1,4 +1,7 @@
-"""AUTOMATIC1111 1.10: ldm/sgm models (`lib_align.families`), sampling under no_grad, a CFG denoiser that copies x.
+"""AUTOMATIC1111 1.10: ldm/sgm models, sampling under no_grad, a CFG denoiser that copies x.
+
+How the models' objects are reached (the UNet, the text wrappers, the conditioning form): `LdmReach`
+(`lib_align.families.ldm`, host-free).
 
 Where the update lands. The CFG denoiser builds `x_in` as a NEW tensor (cond rows, then uncond rows) and passes that
 copy to `on_cfg_denoiser` (modules/sd_samplers_cfg_denoiser.py), so editing `params.x` alone changes one UNet call
@@ -18,22 +21,24 @@ import torch
 from modules import devices, shared
 from torch import Tensor, nn
 
-from ..families import ModelFamily, family_for, unsupported
+from ..families import ModelFamily, family_for
+from ..families.ldm import LdmReach
 from .host import Host, StepLatent
 
 
-class A1111(Host):
+class A1111(LdmReach, Host):
     name = "A1111"
 
+
     def family(self, model: Any) -> ModelFamily | None:
-        return family_for(model, devices.device)
+        return family_for(model, self, devices.device)
 
     def model_refusal(self, model: Any) -> str | None:
         if getattr(shared.cmd_opts, "lowvram", False) or getattr(model, "lowvram", False):
             return ("--lowvram moves each UNet block to the CPU after use, so the gradient T-SAM needs cannot be "
                     "computed (--medvram works)")
-        if family_for(model) is None:
-            return unsupported(model)
+        if family_for(model, self) is None:
+            return self.unsupported(model)
         return None
 
     def gradient(self, unet: nn.Module) -> contextlib.AbstractContextManager:

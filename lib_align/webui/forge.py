@@ -14,9 +14,10 @@ What differs from A1111 (paths are Forge's):
   k-diffusion samplers that x IS the sampler's; the timestep samplers (DDIM, PLMS, UniPC: `classic_ddim_eps_estimation`)
   pass the sampler's z_t scaled by sqrt(sigma^2 + 1) as a new tensor, whose value the same forward goes on to use for
   its eps: both are written.
-- The model is `sd_model.forge_objects.unet.model` (KModel; `lib_align.families.forge`), sigma -> t is its
-  predictor's `timestep`; Forge moves models between devices itself (backend/memory_management.py): the text encoder
-  is loaded before T is computed.
+- Forge moves models between devices itself (backend/memory_management.py): the text encoder is loaded before T
+  is computed.
+How the models' objects are reached (the KModel and its UNet, the text engines, the conditioning form):
+`ForgeReach` (`lib_align.families.forge`, host-free).
 """
 
 from __future__ import annotations
@@ -29,20 +30,21 @@ from backend import memory_management
 from torch import Tensor, nn
 
 from ..autograd import gradient_pass
-from ..families.forge import CONTROL_FOR, QUANTISED, ForgeSD1, forge_family_for, forge_unsupported, storage_dtype
+from ..families import ModelFamily, family_for
+from ..families.forge import CONTROL_FOR, QUANTISED, ForgeReach, storage_dtype
 from .host import Host, StepLatent
 
 
-class Forge(Host):
+class Forge(ForgeReach, Host):
     name = "Forge"
 
-    def family(self, model: Any) -> ForgeSD1 | None:
-        return forge_family_for(model, memory_management.text_encoder_device())
+    def family(self, model: Any) -> ModelFamily | None:
+        return family_for(model, self, memory_management.text_encoder_device())
 
     def model_refusal(self, model: Any) -> str | None:
-        family = forge_family_for(model)
+        family = family_for(model, self)
         if family is None:
-            return forge_unsupported(model)
+            return self.unsupported(model)
         stored = storage_dtype(family.unet)
         if stored in QUANTISED:
             return (f"quantised UNet weights ({stored}) are not supported: T-SAM takes a gradient through the UNet, "
@@ -50,7 +52,7 @@ class Forge(Host):
                     f"fp16 checkpoint)")
         if getattr(model, "is_inpaint", False):
             return "inpainting models are not supported on Forge"
-        predictor = family.kmodel.predictor
+        predictor = self.kmodel(model).predictor
         kind = str(getattr(predictor, "prediction_type", "epsilon"))
         if kind not in ("epsilon", "eps", "v_prediction") or float(getattr(predictor, "sigma_data", 1.0)) != 1.0:
             return f"models with '{kind}' prediction are not supported (eps and v only)"
@@ -61,7 +63,7 @@ class Forge(Host):
 
         return getattr(attention.attention_function, "__name__", None)
 
-    def pass_cond(self, family: ForgeSD1, cond: Any, latent: StepLatent) -> Any:
+    def pass_cond(self, family: ModelFamily, cond: Any, latent: StepLatent) -> Any:
         """Forge applies ControlNet inside its own UNet call: backend/sampling/sampling_function.py sets the
         links' `transformer_options` and passes `control.get_control(input_x, sigma, c, len(cond_or_uncond))` to
         the UNet, whose `apply_control` adds (and pops) the residuals per stage. T-SAM's pass does the same for its
@@ -94,13 +96,13 @@ class Forge(Host):
 
         return {**cond, CONTROL_FOR: control_for}
 
-    def text_ready(self, family: ForgeSD1) -> None:
+    def text_ready(self, family: ModelFamily) -> None:
         memory_management.load_model_gpu(family.model.forge_objects.clip.patcher)
 
     def gradient(self, unet: nn.Module) -> contextlib.AbstractContextManager:
         return gradient_pass(unet)
 
-    def step_latent(self, family: ForgeSD1, denoiser: Any, params: Any, sampler_x: Tensor, batch: int) -> StepLatent:
+    def step_latent(self, family: ModelFamily, denoiser: Any, params: Any, sampler_x: Tensor, batch: int) -> StepLatent:
         x = params.x
         if x.shape[0] != batch:
             raise RuntimeError(f"expected one latent row per image ({batch}), got {x.shape[0]}")
@@ -116,4 +118,4 @@ class Forge(Host):
                     sampler_x.add_(delta.to(sampler_x.dtype))
                 x.copy_(x_new.to(x.dtype))
 
-        return StepLatent(x, sigma, family.sigma_to_t, write)
+        return StepLatent(x, sigma, self.sigma_to_t(family), write)

@@ -2,14 +2,16 @@
 
 Everything in `lib_align.webui` talks to the host through the `modules.*` API that A1111 and Forge share (scripts,
 callbacks, processing, infotext, X/Y/Z). What differs between them sits behind `Host`:
-- which model families exist and how they reach the loaded model's objects (`family`),
+- how the loaded model's objects are reached (a `Host` is the `lib_align.families.Reach` of its models: the UNet,
+  the text encoders and their tokenisation, the conditioning form; the families' decisions are not the host's),
 - why a model cannot be aligned on this host (`model_refusal`),
 - making the text encoder runnable before T is computed (`text_ready`; Forge moves models itself),
 - the context our differentiable UNet pass runs in (`gradient`; Forge samples under torch.inference_mode),
 - where the latent of one denoiser call is and how an update is written back so the sampler sees it
   (`step_latent`),
 - which attention kernel the UNet runs (`attention_name`: the memory mode "auto" estimates the pass's need by it).
-A third host (e.g. reForge) is one more module with a `Host` subclass, and one more branch in `pick_host`.
+A third host (e.g. reForge) is one more module with a `Host` subclass (and its stand-in under tests/), and one more
+branch in `pick_host`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from ..families import ModelFamily
+from ..families import FamilySpec, ModelFamily, Reach
 
 
 @dataclass
@@ -40,7 +42,7 @@ class StepLatent:
     write: Callable[[Tensor], None]
 
 
-class Host:
+class Host(Reach):
     name: ClassVar[str] = "?"
 
     def family(self, model: Any) -> ModelFamily | None:
@@ -81,6 +83,12 @@ class UnsupportedHost(Host):
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+    def accepts(self, model: Any, spec: FamilySpec) -> bool:
+        return False
+
+    def unsupported(self, model: Any) -> str:
+        return self.reason
 
     def family(self, model: Any) -> ModelFamily | None:
         return None
