@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from lib_align.optimizer import LatentOptimizer, StepReport, loss_and_grad
 from lib_align.session import AlignSession
 from lib_align.text import tokenize_chunks
 from standalone.models import import_k_diffusion
-from standalone.pipeline import encode, generate, prompt_targets
+from standalone.pipeline import encode, generate, prompt_targets, standalone_family
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a black car and a white clock"
@@ -351,6 +352,28 @@ def test_bench_smoke_prints_every_figure_as_json():
     for key in ("sdxl_iteration_vs_plain_step", "sdxl_off_overhead", "sdxl_peak_mem_ratio",
                 "sdxl_iteration_flops_vs_plain_step"):
         assert any(line.lstrip().startswith(key) and "target <=" in line for line in done.stdout.splitlines()), key
+
+
+def test_flops_are_torchs_formulas_called_as_each_torch_calls_them(tiny_model):
+    """bench/flops.py calls torch's FLOP formulas as the running torch's own FlopCounterMode does (their calling
+    convention moved: 2.1 shapes and `out_shape=`, 2.2-2.3 `out=`, 2.4 on `out_val=`): the counts are the same under
+    the hosts' torch and CI's, to the FLOP (observed under 2.1.2, 2.3.1 and 2.13). Full-size SD1 at 512² on the meta
+    device (the pass without the memory mode, which needs checkpoint on the meta device, and the plain CFG step), and
+    the tiny model's memory-mode pass on the CPU."""
+    from bench.flops import count_flops
+    from bench.memory import host_attention
+    from bench.passes import NATIVE_SIDE, full_size_family, meta_autocast, pass_calls
+
+    calls = full_size_family("SD1").calls(NATIVE_SIDE["SD1"])
+    with meta_autocast(), host_attention("split"):
+        assert count_flops(partial(calls.run_pass, False)) == 842_885_341_696
+        assert count_flops(calls.plain_step) == 1_606_546_882_560
+    family = standalone_family(tiny_model)
+    unet = tiny_model.model.diffusion_model
+    chunks, words = family.tokenize(PROMPT)
+    tiny = pass_calls(unet, lambda z, t, c: unet(z, t, context=c), torch.randn(1, 77, 64),
+                      family.targets(chunks, words, 1.0), family.layout_level, (32, 32))
+    assert count_flops(partial(tiny.run_pass, True)) == 3_876_931_712
 
 
 def test_bench_sdxl_workload_is_the_pipelines_sdxl_path():
