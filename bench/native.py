@@ -20,7 +20,7 @@ from .passes import NATIVE_SIDE, full_size_family, meta_autocast
 def native_flops(prompt: str) -> dict[str, float]:
     """The figures for the JSON line: ratios, and the TFLOP of each side for context (an iteration, one with the
     memory mode's checkpointing, a plain CFG step). TorchTooOld up front on a torch that cannot count the memory
-    mode's pass on the meta device (< 2.5)."""
+    mode's pass on the meta device (< 2.6)."""
     require("bench.native", FLOP_FORMULAS, CHECKPOINT_ON_META)
     out: dict[str, float] = {}
     counted = {}

@@ -2,11 +2,13 @@
 would be a traceback deep inside torch or, worse, a wrong number. Each capability is probed (tried once on tiny
 tensors, cached), not read off the version; the release that brought it is only quoted in the refusal. Those
 releases are observed: the probes run under the hosts' 2.1.2 (A1111) and 2.3.1 (Forge), 2.2.0 and CI's 2.13, and
-torch's own sources of 2.0.1, 2.4.1 and 2.5.0 read where no run was made.
+torch's own sources of 2.0.1, 2.4.1, 2.5.0, 2.5.1 and 2.6.0 read where no run was made.
 
-- `CHECKPOINT_ON_META`: `torch.utils.checkpoint` (non-reentrant, as the memory mode calls it) on meta tensors.
-  Before 2.5 it looks `torch.meta` up as a device module and raises AttributeError. bench counts the memory mode's
-  pass on the meta device (bench/memory.py its bytes, bench/native.py its FLOPs).
+- `CHECKPOINT_ON_META`: `torch.utils.checkpoint` (non-reentrant, as the memory mode calls it) on meta tensors,
+  forward and backward. Before 2.5 its forward looks `torch.meta` up as a device module (AttributeError); 2.5 lets
+  the forward through, but the backward's recomputation still forks the RNG of device type "meta" (`fork_rng`:
+  RuntimeError "torch has no module of `meta`") until 2.6. bench counts the memory mode's pass on the meta device
+  (bench/memory.py its bytes, bench/native.py its FLOPs).
 - `STORAGE_RELEASE`: a storage's Python object lives as long as the storage (PyObject preservation, 2.2), so a
   weakref to it fires when the storage is released; bench/memory.py's counter sees releases that way. Under 2.1
   each `untyped_storage()` call makes a new object whose weakrefs never fire (the counter then reads 2-3x the
@@ -49,7 +51,7 @@ def _checkpoint_on_meta() -> bool:
         with torch.enable_grad():
             y = checkpoint(torch.sin, x, use_reentrant=False)
             torch.autograd.grad(y.sum(), [x])
-    except Exception:  # torch < 2.5: AttributeError "module 'torch' has no attribute 'meta'"
+    except Exception:  # < 2.5 in the forward (AttributeError), 2.5 in the backward (fork_rng's RuntimeError)
         return False
     return True
 
@@ -75,7 +77,7 @@ def _flop_formulas() -> bool:
     return hasattr(flop_counter, "flop_registry") or hasattr(flop_counter, "flop_mapping")
 
 
-CHECKPOINT_ON_META = Capability("checkpoint on the meta device", "2.5", _checkpoint_on_meta)
+CHECKPOINT_ON_META = Capability("checkpoint on the meta device", "2.6", _checkpoint_on_meta)
 STORAGE_RELEASE = Capability("a storage's release seen through its Python object", "2.2", _storage_release_seen)
 FLOP_FORMULAS = Capability("torch.utils.flop_counter's formulas", "2.1", _flop_formulas)
 CAPABILITIES = (FLOP_FORMULAS, STORAGE_RELEASE, CHECKPOINT_ON_META)
@@ -86,7 +88,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def refusal(tool: str, lacking: list[Capability], version: str | None = None) -> str:
-    """The one line a tool refuses with: "bench.memory needs torch >= 2.5 (checkpoint on the meta device; this is
+    """The one line a tool refuses with: "bench.memory needs torch >= 2.6 (checkpoint on the meta device; this is
     2.3.1)"."""
     since = max((c.since for c in lacking), key=_version)
     version = (version or torch.__version__).split("+")[0]

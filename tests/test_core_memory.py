@@ -57,7 +57,7 @@ def test_counted_peak_is_the_cpu_allocators_peak(tiny_model, low):
 def test_table_matches_a_fresh_count_at_a_size_it_was_not_fit_at(kernel):
     """lib_align.memory.NEEDS is fit at three latent sizes; at SD1's native 512² (64x64, not among them) and in
     batch 2 the estimate is within 2 % of what the counter finds now — a stale table (changed pass) fails here. On a
-    torch that cannot count the memory mode's pass on the meta device (< 2.5) the count refuses in one line."""
+    torch that cannot count the memory mode's pass on the meta device (< 2.6) the count refuses in one line."""
     refusal = expected_refusal("bench.memory", *NEEDS)
     if refusal:
         with pytest.raises(TorchTooOld) as refused:
