@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -36,18 +37,22 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .needs import CHECKPOINT_ON_META, STORAGE_RELEASE, refused, require
 from .passes import NATIVE_SIDE, PassCalls, full_size_family, meta_autocast
 
 GIB = 1024.0**3
 KERNELS = ("flash", "split")
+NEEDS = (STORAGE_RELEASE, CHECKPOINT_ON_META)  # the counter; the memory mode's pass on the meta device
 
 
 class LiveBytes(TorchDispatchMode):
     """Follows every storage created inside the mode until it is released; `peak` is the most bytes alive at once.
 
-    Storages that existed before (`known`) are not counted, nor their views."""
+    Storages that existed before (`known`) are not counted, nor their views. TorchTooOld on a torch whose storages'
+    releases it cannot see (< 2.2), before any weakref is made."""
 
     def __init__(self, known: Iterable[Tensor] = ()) -> None:
+        require("bench.memory", STORAGE_RELEASE)
         super().__init__()
         self.known = {t.untyped_storage()._cdata for t in known}
         self.live: dict[int, int] = {}
@@ -156,7 +161,8 @@ def peak_bytes(fn: Callable[[], Any], known: Iterable[Tensor]) -> int:
 
 def pass_and_plain_step_bytes(calls: PassCalls, kernel: str) -> dict[str, int]:
     """Peak bytes of T-SAM's pass (normal and low memory) and of the plain CFG step with the host's `kernel`, the UNet
-    on the meta device in fp16."""
+    on the meta device in fp16. TorchTooOld up front on a torch that cannot count it (`NEEDS`)."""
+    require("bench.memory", *NEEDS)
     with host_attention(kernel):
         return {"pass": peak_bytes(lambda: calls.run_pass(False), calls.inputs),
                 "pass_low": peak_bytes(lambda: calls.run_pass(True), calls.inputs),
@@ -196,13 +202,19 @@ def needs_table() -> dict[tuple[str, str, str], tuple[float, float, float]]:
     return table
 
 
-def main() -> None:
-    """`python -m bench.memory`: prints the table `lib_align/memory.py` holds, to paste there."""
+def main() -> int:
+    """`python -m bench.memory`: prints the table `lib_align/memory.py` holds, to paste there; on a torch that cannot
+    count it, one line on stderr saying what it lacks, exit status 2."""
+    if line := refused("bench.memory", *NEEDS):
+        print(line, file=sys.stderr)
+        return 2
+
     def number(c: float) -> str:
         return "0.0" if abs(c) < 1e-6 else f"{c:.6g}"
 
     for key, coefficients in needs_table().items():
         print(f"    {key!r}: PassNeed({', '.join(number(c) for c in coefficients)}),")
+    return 0
 
 
 def native_memory() -> dict[str, float]:
@@ -229,4 +241,4 @@ def native_memory() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

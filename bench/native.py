@@ -13,12 +13,15 @@ from functools import partial
 
 from .flops import count_flops
 from .memory import host_attention
+from .needs import CHECKPOINT_ON_META, FLOP_FORMULAS, require
 from .passes import NATIVE_SIDE, full_size_family, meta_autocast
 
 
 def native_flops(prompt: str) -> dict[str, float]:
     """The figures for the JSON line: ratios, and the TFLOP of each side for context (an iteration, one with the
-    memory mode's checkpointing, a plain CFG step)."""
+    memory mode's checkpointing, a plain CFG step). TorchTooOld up front on a torch that cannot count the memory
+    mode's pass on the meta device (< 2.6)."""
+    require("bench.native", FLOP_FORMULAS, CHECKPOINT_ON_META)
     out: dict[str, float] = {}
     counted = {}
     for name, key in (("SD1", "sd1_512"), ("SDXL", "sdxl_1024")):

@@ -12,6 +12,7 @@ import gc
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,8 +24,10 @@ from lib_align.config import AlignConfig
 
 from .flops import count_flops
 from .measure import MemoryMeter, interleaved, load_average, machine, median, timed_peaks
+from .memory import NEEDS as MEMORY_NEEDS
 from .memory import native_memory
 from .native import native_flops
+from .needs import FLOP_FORMULAS, refused
 from .workload import PROMPT, OffRunner, Sampling, Workload, build_model, off_runner, sdxl_workload
 
 TARGETS = {  # the project's speed and memory targets (ratios to plain): key -> bound
@@ -126,6 +129,10 @@ def _plain(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Every mode prints the FLOP and memory figures counted on the meta device: refused up front where torch cannot.
+    if line := refused("bench", FLOP_FORMULAS, *MEMORY_NEEDS):
+        print(line, file=sys.stderr)
+        return 2
     plan = PLANS[args.mode]
     if args.size:
         plan = replace(plan, size=_size(args.size))

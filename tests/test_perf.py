@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from lib_align.optimizer import LatentOptimizer, StepReport, loss_and_grad
 from lib_align.session import AlignSession
 from lib_align.text import tokenize_chunks
 from standalone.models import import_k_diffusion
-from standalone.pipeline import encode, generate, prompt_targets
+from standalone.pipeline import encode, generate, prompt_targets, standalone_family
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a black car and a white clock"
@@ -318,9 +319,20 @@ def test_bench_sampling_is_the_pipelines(tiny_model):
 
 
 def test_bench_smoke_prints_every_figure_as_json():
+    """On a torch that cannot count on the meta device (the hosts' 2.1.2 and 2.3.1) the benchmark refuses up front:
+    one line on stderr, nothing on stdout, exit status 2."""
+    from refusals import expected_refusal
+
+    from bench.memory import NEEDS as MEMORY_NEEDS
+    from bench.needs import FLOP_FORMULAS
+
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-m", "bench", "--smoke"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)  # room for a loaded machine (shared cores slow 2-thread runs)
+    refusal = expected_refusal("bench", FLOP_FORMULAS, *MEMORY_NEEDS)
+    if refusal:
+        assert (done.returncode, done.stdout, done.stderr) == (2, "", refusal + "\n")
+        return
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     required = {"iteration_vs_full", "iteration_vs_plain_step", "paper_total_vs_plain", "official_total_vs_plain",
@@ -340,6 +352,28 @@ def test_bench_smoke_prints_every_figure_as_json():
     for key in ("sdxl_iteration_vs_plain_step", "sdxl_off_overhead", "sdxl_peak_mem_ratio",
                 "sdxl_iteration_flops_vs_plain_step"):
         assert any(line.lstrip().startswith(key) and "target <=" in line for line in done.stdout.splitlines()), key
+
+
+def test_flops_are_torchs_formulas_called_as_each_torch_calls_them(tiny_model):
+    """bench/flops.py calls torch's FLOP formulas as the running torch's own FlopCounterMode does (their calling
+    convention moved: 2.1 shapes and `out_shape=`, 2.2-2.3 `out=`, 2.4 on `out_val=`): the counts are the same under
+    the hosts' torch and CI's, to the FLOP (observed under 2.1.2, 2.3.1 and 2.13). Full-size SD1 at 512² on the meta
+    device (the pass without the memory mode, which needs checkpoint on the meta device, and the plain CFG step), and
+    the tiny model's memory-mode pass on the CPU."""
+    from bench.flops import count_flops
+    from bench.memory import host_attention
+    from bench.passes import NATIVE_SIDE, full_size_family, meta_autocast, pass_calls
+
+    calls = full_size_family("SD1").calls(NATIVE_SIDE["SD1"])
+    with meta_autocast(), host_attention("split"):
+        assert count_flops(partial(calls.run_pass, False)) == 842_885_341_696
+        assert count_flops(calls.plain_step) == 1_606_546_882_560
+    family = standalone_family(tiny_model)
+    unet = tiny_model.model.diffusion_model
+    chunks, words = family.tokenize(PROMPT)
+    tiny = pass_calls(unet, lambda z, t, c: unet(z, t, context=c), torch.randn(1, 77, 64),
+                      family.targets(chunks, words, 1.0), family.layout_level, (32, 32))
+    assert count_flops(partial(tiny.run_pass, True)) == 3_876_931_712
 
 
 def test_bench_sdxl_workload_is_the_pipelines_sdxl_path():

@@ -48,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA device: this check compares with torch.cuda.max_memory_allocated", file=sys.stderr)
         return 2
-    from bench.memory import GIB, family_bytes, host_attention
+    from bench.memory import GIB, NEEDS, family_bytes, host_attention
+    from bench.needs import refused
     from bench.passes import NATIVE_SIDE, full_size_family, pass_calls
+
+    if line := refused("bench.memory", *NEEDS):
+        print(line, file=sys.stderr)
+        return 2
 
     name = args.family.upper()
     side = args.side or NATIVE_SIDE[name]
