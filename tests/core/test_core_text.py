@@ -134,7 +134,7 @@ def test_bad_attention_shape_is_a_clear_error():
 
 # -- T without transformers' attention output (SDPA in transformers 4.46, no fallback in 5.x) ------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FORGE_TRANSFORMERS = Path(sys.prefix) / "transformers-4.46.1"  # .ci/run installs Forge's pin there (--target)
 
 

@@ -21,7 +21,7 @@ from lib_align.text import tokenize_chunks
 from standalone.models import import_k_diffusion
 from standalone.pipeline import encode, generate, prompt_targets
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a black car and a white clock"
 HW = (16, 16)
 

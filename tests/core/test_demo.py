@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
