@@ -5,6 +5,9 @@ stand-in (its conftest.py checks), tests/a1111 runs the extension in the A1111 s
 the Forge stand-in (tests/forge_host). Both stand-ins are top-level packages named `modules` (and `gradio`), and the
 extension binds `modules.*` when it is imported, so one process can hold one host only: a pytest command that would
 collect both host folders is refused here, before anything is imported.
+
+tests/core's tests marked `slow` are tests/run.py's `slow` tier, the others its `core` tier; `python -m pytest` without
+a path (pytest.ini's testpaths) leaves the slow ones out: the quick check.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
             f"this command collects the tests of two stand-in hosts ({', '.join(hosts)}): both are called `modules`, "
             "so each runs in its own process. `python tests/run.py` runs every tier that way; "
             "`python tests/run.py --help` lists them.")
+    if config.args_source is pytest.Config.ArgsSource.TESTPATHS and not config.option.markexpr:
+        config.option.markexpr = "not slow"  # `python -m pytest` alone: the quick check (pytest.ini)
 
 
 @pytest.fixture(scope="session")

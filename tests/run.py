@@ -2,8 +2,9 @@
 
 Both web UI stand-ins are top-level packages named `modules` (and `gradio`): tests/host mirrors A1111, tests/forge_host
 Forge, and the extension binds `modules.*` when it is imported. So each host's tests have a folder and a process of
-their own (tests/conftest.py refuses a pytest command that would collect both folders), and tests/core, which
-imports no stand-in at all, runs in a third.
+their own (tests/conftest.py refuses a pytest command that would collect both folders); tests/core imports no
+stand-in at all and runs in two: its quick tests (`core`, also what `python -m pytest` runs) and its slow ones (`slow`,
+the tests marked so).
 
     python tests/run.py                        every tier, in TIERS' order; exit status 1 if any failed
     python tests/run.py core                   one tier
@@ -39,8 +40,11 @@ class Tier:
 
 # The order `python tests/run.py` runs them in.
 TIERS = {
-    "core": Tier("core", "host-free: the method against its oracles, T, the pictures, the evaluation, the demo and "
-                 "the bench"),
+    "core": Tier("core", "host-free and quick (under a minute on 2 cores; also what `python -m pytest` runs): "
+                 "the loss, T, capture and optimizer formulas, settings, the pictures, the evaluation's statistics",
+                 marks="not slow"),
+    "slow": Tier("core", "host-free, the rest of tests/core: the tiny UNet through whole sessions, the "
+                 "released refinement loop, memory counts, the demo, evaluation and bench commands", marks="slow"),
     "a1111": Tier("a1111", "the extension in the A1111 stand-in (tests/host)"),
     "forge": Tier("forge", "the extension in the Forge stand-in (tests/forge_host)"),
 }

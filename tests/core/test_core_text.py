@@ -154,6 +154,7 @@ def test_t_does_not_need_transformers_to_return_probabilities(encoder, monkeypat
     assert torch.equal(encoder_self_attention(encoder.transformer, chunks), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["pinned (A1111)", "4.46.1 (Forge)"])
 def test_t_equals_transformers_own_eager_probabilities(version):
     """tools/check_transformers_t.py: difference 0 against `output_attentions` of the eager model; on the model

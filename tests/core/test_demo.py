@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # the command end to end, as a user runs it
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

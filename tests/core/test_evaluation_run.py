@@ -23,6 +23,8 @@ from evaluation import cli
 from evaluation.report import ScoredImage
 from evaluation.stats import Score
 
+pytestmark = pytest.mark.slow  # the command end to end, as a user runs it
+
 ROOT = Path(__file__).resolve().parents[2]
 METHOD_KEYS = ("plain", "paper", "official")
 # One thread: the tiny model's ops are too small to gain from two, and on a busy machine two threads of tiny ops
