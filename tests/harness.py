@@ -3,7 +3,8 @@ tests/forge/forge_standin.py): load the scripts the way the host does, build the
 jobs T-SAM finished.
 
 Host-free on purpose: both stand-ins call their packages `modules` and `gradio`, so each host's harness hands its own
-modules in (`HostModules`) and this file never imports them; it is shared by both hosts' tests in one process.
+modules in (`HostModules`) and this file never imports them; the same file serves both hosts' tests, each host in
+its own pytest process (tests/a1111, tests/forge).
 """
 
 from __future__ import annotations

@@ -7,17 +7,18 @@
 # nvidia-* wheels, a few GB; it runs on the CPU all the same) and exactly the other packages .ci/run installs: the same
 # requirements files, the same --no-deps packages, Forge's transformers in <venv>/transformers-4.46.1. numpy stays at
 # requirements-test.txt's 1.26.4, which is also what both hosts pin (torch 2.1/2.3 are built against numpy 1.x).
-# Then it runs .ci/run's pytest command on this working tree, at the lowest CPU priority, one version after the other,
-# and writes <dir>/<version>/pytest.log and <dir>/<version>/summary.txt (counts and the failing tests' names).
+# Then it runs .ci/run's test command (python tests/run.py: every tier, each in its own pytest process) on this working
+# tree, at the lowest CPU priority, one version after the other, and writes <dir>/<version>/pytest.log and
+# <dir>/<version>/summary.txt (counts and the failing tests' names).
 #
 # Idempotent: an environment is reinstalled only when the version, the requirements files or this script changed
 # (a stamp file records their hash); TSAM_HOST_TORCH_REINSTALL=1 forces it. Ruff is not run (it does not depend on
 # torch). Not part of .ci/run: it downloads several GB and takes ~10-15 min per version on 2 cores.
 #
-# Usage: bash tools/check_host_torch.sh [--install-only] [VERSION ...] [-- PYTEST_ARGS ...]
+# Usage: bash tools/check_host_torch.sh [--install-only] [VERSION ...] [-- TESTS_RUN_ARGS ...]
 #   bash tools/check_host_torch.sh                     # 2.1.2 and 2.3.1, whole suite
 #   bash tools/check_host_torch.sh --install-only      # only build the environments (e.g. while a suite runs)
-#   bash tools/check_host_torch.sh 2.1.2 -- -q tests/test_core_memory.py
+#   bash tools/check_host_torch.sh 2.1.2 -- tests/core/test_core_memory.py   # tests/run.py's arguments (--help)
 # Exit status: 0 when every version's suite passed, 1 otherwise.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,9 +32,8 @@ while (($#)) && [[ "$1" != "--" ]]; do
   shift
 done
 (($#)) && shift  # the "--"
-pytest_args=("$@")
+run_args=("$@")  # none: every tier, .ci/run's command
 ((${#versions[@]})) || versions=(2.1.2 2.3.1)
-((${#pytest_args[@]})) || pytest_args=(-q tests)  # .ci/run's command
 
 stamp_of() {  # what the environment was built from
   { echo "$1"; "$PYTHON" --version; cat "$REPO/requirements-test.txt" "$REPO/requirements-nodeps.txt";
@@ -71,9 +71,9 @@ for v in "${versions[@]}"; do
   "$venv/bin/python" -m pip freeze >"$dir/freeze.txt" 2>/dev/null
   ((install_only)) && continue
 
-  echo "== torch $v: pytest ${pytest_args[*]} (log: $dir/pytest.log)"
+  echo "== torch $v: python tests/run.py ${run_args[*]} (log: $dir/pytest.log)"
   rc=0
-  (cd "$REPO" && nice -n 19 "$venv/bin/python" -m pytest "${pytest_args[@]}") >"$dir/pytest.log" 2>&1 || rc=$?
+  (cd "$REPO" && nice -n 19 "$venv/bin/python" tests/run.py "${run_args[@]}") >"$dir/pytest.log" 2>&1 || rc=$?
   ((rc == 0)) || status=1
 
   last="$(grep -E '(passed|failed|error|no tests ran)' "$dir/pytest.log" | tail -n 1 || true)"
@@ -83,7 +83,7 @@ for v in "${versions[@]}"; do
       "numpy $("$venv/bin/python" -c 'import numpy; print(numpy.__version__)' 2>&1 | tail -n 1)," \
       "tree $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD || echo '+changes')," \
       "$(date -u +%FT%TZ)"
-    echo "pytest ${pytest_args[*]}: exit $rc$( ((rc > 128)) && echo " (killed by signal $((rc - 128)))")"
+    echo "python tests/run.py ${run_args[*]}: exit $rc$( ((rc > 128)) && echo " (killed by signal $((rc - 128)))")"
     echo "passed $(count passed) failed $(count failed) errors $(count 'errors?') skipped $(count skipped)"
     echo "last line: $last"
     grep -E '^(FAILED|ERROR) ' "$dir/pytest.log" | cut -c1-200 || true

@@ -1,32 +1,24 @@
-"""Tests against the Forge stand-in (tests/forge_host). Every test module here is collected and run with the Forge
-host's modules installed (host_swap.forge_modules: tests/forge_host first on sys.path, tests/host second for the
-shared stand-in files and gradio, the repo root third), so these tests and the A1111 stand-in's can share one
-pytest process. Nothing host-bound is imported at this file's top level, for the same reason.
+"""Tests against the Forge stand-in (tests/forge_host), in a pytest process of their own (tests/run.py's `forge`
+tier; tests/conftest.py refuses a command that also collects tests/a1111): tests/forge_host first on sys.path, then
+tests/host for the stand-in files and the gradio both hosts share, tests/ (harness.py) and the repo root. The A1111
+stand-in's `modules` package is never imported here: tests/forge_host's `modules` takes the shared files from
+tests/host/modules through its own __path__.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from host_swap import forge_modules, is_forge_test
 
-
-@pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector) -> Any:
-    if not isinstance(collector, pytest.Module) or not is_forge_test(collector.path):
-        return (yield)
-    with forge_modules():
-        return (yield)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-    if not is_forge_test(item.path):
-        return (yield)
-    with forge_modules():
-        return (yield)
+TESTS = Path(__file__).resolve().parents[1]
+for _path in (TESTS.parent, TESTS, TESTS / "host", TESTS / "forge_host"):  # the last one inserted ends up first
+    if str(_path) in sys.path:
+        sys.path.remove(str(_path))
+    sys.path.insert(0, str(_path))
 
 
 @pytest.fixture(scope="session")

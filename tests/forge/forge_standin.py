@@ -3,30 +3,18 @@
 first), and runs txt2img jobs through Forge's `process_images`. The loaded model (`shared.sd_model`) is a Forge
 engine from `forge_models` (forge_sd15 / forge_sdxl / forge_flux).
 
-Import it with the Forge modules installed (under tests/forge that is automatic, see host_swap.py); imported
-elsewhere it puts tests/forge_host, tests/host and the repo root first on sys.path itself.
+Imported under tests/forge, whose conftest.py puts the Forge stand-in first on sys.path.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-FORGE_TESTS = Path(__file__).resolve().parent
-ROOT = FORGE_TESTS.parents[1]
-FORGE_HOST = ROOT / "tests" / "forge_host"
-HOST = ROOT / "tests" / "host"
-for _path in (str(ROOT), str(ROOT / "tests"), str(HOST), str(FORGE_HOST)):
-    if _path in sys.path:
-        sys.path.remove(_path)
-    sys.path.insert(0, _path)
-
-import gradio  # noqa: E402 — the A1111 stand-in's gradio, shared
-from backend import memory_management  # noqa: E402
-from backend.text_processing import classic_engine  # noqa: E402
-from harness import DEFAULT_PROMPT, HostModules, WebUIHarness, reset_common_state  # noqa: E402, F401 — DEFAULT_PROMPT for the tests
-from modules import images, processing, script_callbacks, scripts, sd_samplers, shared  # noqa: E402
+import gradio  # the A1111 stand-in's gradio, shared
+from backend import memory_management
+from backend.text_processing import classic_engine
+from harness import DEFAULT_PROMPT, HostModules, WebUIHarness, reset_common_state  # noqa: F401 — DEFAULT_PROMPT for the tests
+from modules import images, processing, script_callbacks, scripts, sd_samplers, shared
 
 
 class ForgeHost(WebUIHarness):

@@ -1,4 +1,4 @@
-"""pytest fixtures for the extension tests (imported by tests/test_extension*.py; kept out of conftest.py)."""
+"""pytest fixtures for the extension tests (imported by tests/a1111/test_extension*.py; kept out of conftest.py)."""
 
 from __future__ import annotations
 

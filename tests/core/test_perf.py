@@ -22,7 +22,7 @@ from lib_align.text import tokenize_chunks
 from standalone.models import import_k_diffusion
 from standalone.pipeline import encode, generate, prompt_targets, standalone_family
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a black car and a white clock"
 HW = (16, 16)
 
@@ -78,6 +78,7 @@ def hooks_and_forwards(unet):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_early_stop_gives_the_loss_and_gradient_of_the_full_forward(tiny_model, setting):
     full_loss, full_grad = loss_grad(tiny_model, setting, stop_early=False)
     early_loss, early_grad = loss_grad(tiny_model, setting, stop_early=True)
@@ -86,6 +87,7 @@ def test_early_stop_gives_the_loss_and_gradient_of_the_full_forward(tiny_model, 
     torch.testing.assert_close(early_grad, full_grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_optimised_session_gives_the_latent_of_the_unoptimised_one(tiny_model, setting):
     """Early stop and frozen weights (the defaults) vs the full forward with the weights requiring grad."""
     out = {}
@@ -99,6 +101,7 @@ def test_optimised_session_gives_the_latent_of_the_unoptimised_one(tiny_model, s
     torch.testing.assert_close(out[True], out[False], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_weights_require_grad_again_after_the_pass_even_when_it_fails(tiny_model, setting):
     params = list(tiny_model.unet.parameters())
     assert all(p.requires_grad for p in params)
@@ -116,6 +119,7 @@ def test_weights_require_grad_again_after_the_pass_even_when_it_fails(tiny_model
     assert all(p.requires_grad for p in params)
 
 
+@pytest.mark.slow
 def test_memory_mode_gives_the_same_gradient_and_restores_the_unet(tiny_model, setting):
     before = hooks_and_forwards(tiny_model.unet)
     loss, grad = loss_grad(tiny_model, setting, low_memory=False)
@@ -125,6 +129,7 @@ def test_memory_mode_gives_the_same_gradient_and_restores_the_unet(tiny_model, s
     torch.testing.assert_close(ck_grad, grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_memory_mode_session_gives_the_same_latent_with_and_without_early_stop(tiny_model, setting):
     out = {}
     before = hooks_and_forwards(tiny_model.unet)
@@ -225,6 +230,7 @@ def test_refinement_without_convergence_still_evaluates_the_refined_latent():
     assert len(calls_new) == len(calls_old) == 4  # capped: the regular update needs the refined z's gradient
 
 
+@pytest.mark.slow
 def test_refinement_on_the_unet_gives_the_previous_latent_with_one_pass_less(tiny_model, setting):
     """On the tiny UNet, with the threshold set where the loop converges after a few updates."""
     probe = session(tiny_model, setting, AlignConfig.official(refine="while above", refine_iters=4))
@@ -302,6 +308,7 @@ def test_maps_and_loss_stay_fp32_under_the_hosts_autocast(tiny_model, setting):
 # -- the benchmark -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_sampling_is_the_pipelines(tiny_model):
     from bench.workload import Workload
 
@@ -318,6 +325,7 @@ def test_bench_sampling_is_the_pipelines(tiny_model):
     assert chunks.shape == (1, 77)
 
 
+@pytest.mark.slow
 def test_bench_smoke_prints_every_figure_as_json():
     """On a torch that cannot count on the meta device (the hosts' 2.1.2 and 2.3.1) the benchmark refuses up front:
     one line on stderr, nothing on stdout, exit status 2."""
@@ -354,6 +362,7 @@ def test_bench_smoke_prints_every_figure_as_json():
         assert any(line.lstrip().startswith(key) and "target <=" in line for line in done.stdout.splitlines()), key
 
 
+@pytest.mark.slow
 def test_flops_are_torchs_formulas_called_as_each_torch_calls_them(tiny_model):
     """bench/flops.py calls torch's FLOP formulas as the running torch's own FlopCounterMode does (their calling
     convention moved: 2.1 shapes and `out_shape=`, 2.2-2.3 `out=`, 2.4 on `out_val=`): the counts are the same under
@@ -376,6 +385,7 @@ def test_flops_are_torchs_formulas_called_as_each_torch_calls_them(tiny_model):
     assert count_flops(partial(tiny.run_pass, True)) == 3_876_931_712
 
 
+@pytest.mark.slow
 def test_bench_sdxl_workload_is_the_pipelines_sdxl_path():
     """The SDXL row's plain step is the demo's CFG call and its iteration the session's update, on a dict cond."""
     from bench.workload import sdxl_workload

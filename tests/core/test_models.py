@@ -16,6 +16,7 @@ def test_tokenizer_gives_the_real_clip_ids():
     assert ids == [49406, 320, 1449, 1615, 537, 320, 1579, 6716, 49407]
 
 
+@pytest.mark.slow
 def test_checkpoint_keys_map_onto_the_model(tmp_path, tiny_model):
     from safetensors.torch import load_file, save_file
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "host"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
 import gradio  # noqa: E402 — the stand-in
 import standin  # noqa: E402

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "host"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
 import gradio  # noqa: E402 — the stand-in
 import standin  # noqa: E402
@@ -24,7 +24,7 @@ from modules.api import api  # noqa: E402
 from lib_align.config import OFFICIAL, PAPER, AlignConfig  # noqa: E402
 from lib_align.ui import HINTS_CLASS  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(steps=2, width=64, height=64)
 
 

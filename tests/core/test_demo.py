@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the command end to end, as a user runs it
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "host"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
 import sd2_model  # noqa: E402 — the stand-in host (standin puts its `modules` first on sys.path)
 import standin  # noqa: E402, F401

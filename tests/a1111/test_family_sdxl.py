@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "host"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
 import standin  # noqa: E402
 from modules import processing, prompt_parser, script_callbacks, shared  # noqa: E402

@@ -23,7 +23,9 @@ from evaluation import cli
 from evaluation.report import ScoredImage
 from evaluation.stats import Score
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the command end to end, as a user runs it
+
+ROOT = Path(__file__).resolve().parents[2]
 METHOD_KEYS = ("plain", "paper", "official")
 # One thread: the tiny model's ops are too small to gain from two, and on a busy machine two threads of tiny ops
 # run ten times slower than one (measured here: 5.6 s against 0.5 s for three images).

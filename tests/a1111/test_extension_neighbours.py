@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "host"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
 import standin  # noqa: E402
 from controlnet_hook import ControlNetHook, ControlNetScript, Unit  # noqa: E402

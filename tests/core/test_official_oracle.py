@@ -162,6 +162,7 @@ def released_refinement_step(z, loss_fn, threshold: float, alpha: float):
     return z.detach(), updates + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("threshold", "updates"), [(0.0, 21), (1e3, 31)])
 def test_refinement_follows_the_released_loop(unet_setup, threshold, updates):
     """Threshold 0: the loss is above it at iteration 20, so the released loop stops there (20 + 1 updates).
@@ -177,6 +178,7 @@ def test_refinement_follows_the_released_loop(unet_setup, threshold, updates):
     assert float((ours - z).abs().max()) > 1e-3  # the latent really moved
 
 
+@pytest.mark.slow
 def test_each_image_of_a_batch_is_refined_by_its_own_threshold(unet_setup):
     z, loss_fn, config = unet_setup
     alpha = config.step_size_at(0, 50)

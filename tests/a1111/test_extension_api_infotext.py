@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "host"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
 import standin  # noqa: E402
 from fixtures import *  # noqa: E402, F403 — pytest fixtures

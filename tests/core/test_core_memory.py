@@ -29,6 +29,7 @@ def allocator_peak(fn) -> int:
     return peak
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("low", [False, True])
 def test_counted_peak_is_the_cpu_allocators_peak(tiny_model, low):
     """The counter follows storages from creation to release; on the CPU the same pass, run for real, has a peak
@@ -53,6 +54,7 @@ def test_counted_peak_is_the_cpu_allocators_peak(tiny_model, low):
     assert live.peak == pytest.approx(expected, rel=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["flash", "split"])
 def test_table_matches_a_fresh_count_at_a_size_it_was_not_fit_at(kernel):
     """lib_align.memory.NEEDS is fit at three latent sizes; at SD1's native 512² (64x64, not among them) and in

@@ -16,7 +16,7 @@ from lib_align.text import ChunkTarget
 def np_smooth(m: np.ndarray) -> np.ndarray:
     """3x3 smoothing, reflect padding, by loops, with the released GaussianSmoothing's weights for sigma 0.5
     (exp(-((x - 1) / (2 * 0.5))^2) normalised; t-sam-diffusion/code pipeline_stable_diffusion_x_2.py, lines
-    1565-1630; see tests/test_official_oracle.py)."""
+    1565-1630; see tests/core/test_official_oracle.py)."""
     g1 = np.array([0.21194155761708544, 0.5761168847658291, 0.21194155761708544])
     k = np.outer(g1, g1)
     p = np.pad(m, 1, mode="reflect")

@@ -80,6 +80,7 @@ def make_session(model, targets, config, steps=10):
     return AlignSession(model.unet, model.apply_model, [targets], config, steps, (16, 16))
 
 
+@pytest.mark.slow
 def test_one_step_lowers_the_loss_and_only_the_latent_gets_a_gradient(tiny_model, setup):
     targets, cond, z = setup
     for p in tiny_model.parameters():
@@ -105,6 +106,7 @@ def test_steps_outside_the_schedule_do_nothing(tiny_model, setup):
     assert report is None and z_new is z
 
 
+@pytest.mark.slow
 def test_nan_in_the_maps_leaves_that_latent_unchanged(tiny_model, setup):
     targets, cond, z = setup
     session = AlignSession(tiny_model.unet, tiny_model.apply_model, [targets, targets], AlignConfig.paper(), 10,
@@ -125,6 +127,7 @@ def test_nan_in_the_maps_leaves_that_latent_unchanged(tiny_model, setup):
     assert report.skipped_rows == [0]
 
 
+@pytest.mark.slow
 def test_each_image_of_a_batch_uses_its_own_target(tiny_model, setup):
     targets, cond, z = setup
     _, other = prompt_targets(tiny_model, "a green apple on a wooden table", 4.0)
@@ -137,6 +140,7 @@ def test_each_image_of_a_batch_uses_its_own_target(tiny_model, setup):
     assert not torch.allclose(together[0], together[1])
 
 
+@pytest.mark.slow
 def test_while_above_refinement_iterates_until_the_threshold_or_the_cap(tiny_model, setup):
     targets, cond, z = setup
     t = torch.tensor([600.0])
@@ -160,6 +164,7 @@ def test_refinement_rule_is_a_setting_and_old_infotexts_keep_their_meaning():
         AlignConfig.from_args({"refine": "sometimes"})
 
 
+@pytest.mark.slow
 def test_interrupt_from_the_progress_callback_propagates_and_leaves_no_hooks(tiny_model, setup):
     targets, cond, z = setup
 

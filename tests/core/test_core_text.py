@@ -134,7 +134,7 @@ def test_bad_attention_shape_is_a_clear_error():
 
 # -- T without transformers' attention output (SDPA in transformers 4.46, no fallback in 5.x) ------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FORGE_TRANSFORMERS = Path(sys.prefix) / "transformers-4.46.1"  # .ci/run installs Forge's pin there (--target)
 
 
@@ -154,6 +154,7 @@ def test_t_does_not_need_transformers_to_return_probabilities(encoder, monkeypat
     assert torch.equal(encoder_self_attention(encoder.transformer, chunks), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["pinned (A1111)", "4.46.1 (Forge)"])
 def test_t_equals_transformers_own_eager_probabilities(version):
     """tools/check_transformers_t.py: difference 0 against `output_attentions` of the eager model; on the model

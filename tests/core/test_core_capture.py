@@ -63,6 +63,7 @@ def sdpa_forward(self, x, context=None, mask=None):
     return self.to_out(out)
 
 
+@pytest.mark.slow
 def test_captured_probabilities_equal_an_independent_softmax(tiny_model):
     x, t, ctx = inputs(tiny_model)
     expected = expected_maps(tiny_model, x, t, ctx)
@@ -74,6 +75,7 @@ def test_captured_probabilities_equal_an_independent_softmax(tiny_model):
     torch.testing.assert_close(maps.sum(-1), torch.ones(2, 4, 4), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_capture_does_not_depend_on_the_attention_backend(tiny_model):
     x, t, ctx = inputs(tiny_model, seed=3)
     expected = expected_maps(tiny_model, x, t, ctx)
@@ -93,6 +95,7 @@ def test_capture_does_not_depend_on_the_attention_backend(tiny_model):
     torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("hw", "level_hw"), [((48, 32), (12, 8)), ((33, 41), (9, 11)), ((32, 128), (8, 32))])
 def test_non_square_latents_give_maps_at_the_ds4_size(tiny_model, hw, level_hw):
     assert level_size(*hw, 4) == level_hw
@@ -103,6 +106,7 @@ def test_non_square_latents_give_maps_at_the_ds4_size(tiny_model, hw, level_hw):
     assert cap.layer_count == 5
 
 
+@pytest.mark.slow
 def test_rows_select_the_conditional_rows(tiny_model):
     x, t, ctx = inputs(tiny_model, batch=2)
     with CrossAttentionCapture(tiny_model.unet, (16, 16)) as cap, torch.no_grad():
@@ -112,6 +116,7 @@ def test_rows_select_the_conditional_rows(tiny_model):
     torch.testing.assert_close(second, both[1:])
 
 
+@pytest.mark.slow
 def test_early_stop_skips_the_decoder_above_the_level_and_keeps_the_maps(tiny_model):
     x, t, ctx = inputs(tiny_model, seed=5)
     ran = []
@@ -129,6 +134,7 @@ def test_early_stop_skips_the_decoder_above_the_level_and_keeps_the_maps(tiny_mo
     torch.testing.assert_close(early, full)
 
 
+@pytest.mark.slow
 def test_hooks_exist_only_inside_the_block_even_when_it_raises(tiny_model):
     before = all_hook_counts(tiny_model.unet)
     with CrossAttentionCapture(tiny_model.unet, (16, 16)):

@@ -28,6 +28,7 @@ def test_target_picture_has_one_labelled_panel_per_chunk(tiny_model, prompt, len
     assert words(targets[0])[0] in ("car", "a", "red")
 
 
+@pytest.mark.slow
 def test_session_pictures_show_s_before_after_and_token_maps(tiny_model):
     chunks, targets = prompt_targets(tiny_model, "a black car and a white clock", 4.0)
     cond = encode(tiny_model, chunks)
